@@ -1,0 +1,34 @@
+"""kovocab: teach an English-first LLM Korean.
+
+The pipeline, one function per stage (see the README):
+shard a Korean corpus, train Korean BPE pieces, merge them into the base
+SentencePiece vocabulary (`expand_vocab`), resize embeddings, continue
+pretraining, and report tokenization efficiency.
+
+Heavy imports (torch, transformers, deepspeed) happen inside the stage functions,
+so `import kovocab` and `kovocab --help` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public stage functions, imported lazily: name -> module.
+_API = {
+    "shard_corpus": "kovocab.corpus",
+    "ShardConfig": "kovocab.corpus",
+    "ShardResult": "kovocab.corpus",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kovocab' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

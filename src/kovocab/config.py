@@ -1,0 +1,241 @@
+"""Stage configs: typed frozen dataclasses loaded from YAML recipes, validated all at once.
+
+A recipe is a YAML mapping with one section per stage (`shard:`, `train_tokenizer:`,
+`merge_vocab:`, ...). `load_section` turns a section into its dataclass, collecting
+every problem (unknown key with a suggestion, wrong type, missing required key)
+before raising one `ConfigError`, as torchtune does. Overrides come as
+`section.key=value` strings (`--set` on the CLI), parsed as YAML scalars.
+
+Stage modules define their own `XConfig` dataclasses with `opt(...)` fields; the
+one-line `doc` of each field is what `kovocab SUBCOMMAND --help` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from kovocab.errors import ConfigError
+
+T = TypeVar("T")
+
+_REQUIRED = dataclasses.MISSING
+
+
+def opt(default: Any = _REQUIRED, doc: str = "") -> Any:
+    """A config field with a default (omit it for a required key) and a one-line doc."""
+    if default is _REQUIRED:
+        return dataclasses.field(metadata={"doc": doc})
+    if isinstance(default, list | dict | set):
+        raise TypeError("config defaults must be immutable: use a tuple")
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe file into a dict, with a clear error for a missing or broken file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe not found: {p} (give a path to a YAML file)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: recipe is not UTF-8 text ({exc.reason})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe must be a YAML mapping of sections, got {type(data).__name__}")
+    data.setdefault("_recipe_dir", str(p.resolve().parent))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (value parsed as YAML) to a raw recipe dict."""
+    out = dict(data)
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected section.key=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, Mapping) else {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def load_section(cls: type[T], data: Mapping[str, Any] | None, section: str) -> T:
+    """Build the dataclass `cls` from `data[section]`, raising one ConfigError with all problems."""
+    raw = (data or {}).get(section, {})
+    if raw is None:
+        raw = {}
+    problems: list[str] = []
+    obj = build(cls, raw, section, problems)
+    if problems or obj is None:
+        raise ConfigError(problems)
+    return obj
+
+
+def build(cls: type[T], raw: Any, where: str, problems: list[str]) -> T | None:
+    """Build one dataclass from a mapping, appending problems instead of raising."""
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+        return None
+    flds = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    before = len(problems)
+    for key in raw:
+        if key not in flds:
+            close = difflib.get_close_matches(str(key), list(flds), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(
+                f"{where}.{key}: unknown key{hint} (valid keys: {', '.join(sorted(flds))})"
+            )
+    kwargs: dict[str, Any] = {}
+    for name, f in flds.items():
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], f"{where}.{name}", problems)
+        elif f.default is _REQUIRED and f.default_factory is _REQUIRED:
+            doc = f.metadata.get("doc", "")
+            problems.append(f"{where}.{name}: required key is missing" + (f" ({doc})" if doc else ""))
+    if len(problems) > before:
+        return None
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}: {exc}")
+        return None
+    check = getattr(obj, "check", None)
+    if callable(check):
+        problems.extend(f"{where}.{p}" for p in check())
+    return obj
+
+
+def _coerce(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for a in options:
+            trial: list[str] = []
+            out = _coerce(a, value, where, trial)
+            if not trial:
+                return out
+        names = " or ".join(_type_name(a) for a in args)
+        problems.append(f"{where}: expected {names}, got {value!r}")
+        return None
+    if origin is Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}{hint}")
+        return None
+    if origin is tuple:
+        item_tp = args[0] if args else Any
+        if isinstance(value, str | Mapping) or not isinstance(value, Iterable):
+            value = [value]
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]", problems) for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        problems.append(f"{where}: expected a mapping, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where, problems)  # type: ignore[arg-type]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected true or false, got {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected an integer, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{where}: expected a number, got {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{where}: expected a string, got {value!r}")
+        return None
+    if tp is Path:
+        if isinstance(value, str | Path) and str(value):
+            return Path(value)
+        problems.append(f"{where}: expected a path, got {value!r}")
+        return None
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if get_origin(tp) is Literal:
+        return " | ".join(map(repr, get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
+def to_dict(obj: Any) -> Any:
+    """A config as plain YAML/JSON-ready data (Paths become strings)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def describe(cls: type, section: str) -> str:
+    """The keys of a config section with their defaults and docs, for `--help`."""
+    lines = [f"config keys (recipe section '{section}:', or --set {section}.KEY=VALUE):"]
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not _REQUIRED:
+            default = f"default {to_dict(f.default)!r}"
+        else:
+            default = "required"
+        lines.append(f"  {f.name} ({_type_name(hints[f.name])}, {default})")
+        doc = f.metadata.get("doc")
+        if doc:
+            lines.append(f"      {doc}")
+    return "\n".join(lines)
+
+
+def resolve_path(value: str | Path, base_dir: str | Path | None) -> Path:
+    """A path from a recipe: relative paths are taken from the recipe's folder."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or base_dir is None:
+        return p
+    return Path(base_dir) / p
