@@ -239,3 +239,26 @@ def resolve_path(value: str | Path, base_dir: str | Path | None) -> Path:
     if p.is_absolute() or base_dir is None:
         return p
     return Path(base_dir) / p
+
+
+def resolve_paths(cfg: T, base_dir: str | Path | None) -> T:
+    """`cfg` with every relative Path field (nested too) taken from `base_dir` (the recipe's folder)."""
+    if base_dir is None or not dataclasses.is_dataclass(cfg):
+        return cfg
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        new = _resolve_value(value, base_dir)
+        if new is not value:
+            changes[f.name] = new
+    return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]
+
+
+def _resolve_value(value: Any, base_dir: str | Path) -> Any:
+    if isinstance(value, Path):
+        return resolve_path(value, base_dir)
+    if isinstance(value, tuple):
+        return tuple(_resolve_value(v, base_dir) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return resolve_paths(value, base_dir)
+    return value

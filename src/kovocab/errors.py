@@ -7,6 +7,8 @@ that is not a `KovocabError` is a bug in kovocab and keeps its traceback.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 
 class KovocabError(Exception):
     """A mistake in the input, the config or the environment, explained for the user."""
@@ -44,7 +46,7 @@ class MissingDependencyError(KovocabError):
         )
 
 
-def require(module: str, extra: str, purpose: str):  # type: ignore[no-untyped-def]
+def require(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional module or raise MissingDependencyError naming the extra."""
     import importlib
 

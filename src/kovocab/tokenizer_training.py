@@ -1,0 +1,253 @@
+"""Train Korean BPE pieces with SentencePiece, plain or morpheme-aware (Kiwi).
+
+Inputs: kovocab shard folders, plain text (one sentence per line) or JSONL files,
+optionally gzip/xz-compressed. Output: `korean_bpe.model`/`.vocab`, `config.yaml`,
+`manifest.json`. Morpheme-aware training marks Kiwi morpheme boundaries with
+SentencePiece's `pretokenization_delimiter`, so merges never cross a morpheme
+(Park et al. 2020, "An Empirical Study of Tokenization Strategies for Various Korean
+NLP Tasks") while the pieces stay valid on raw text: encoding never runs Kiwi.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import lzma
+import random
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kovocab.artifacts import atomic_write_bytes, sha256_file, write_config, write_manifest
+from kovocab.config import opt
+from kovocab.errors import InputError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+# Marks morpheme boundaries for sentencepiece; a private-use character no text uses.
+DELIMITER = "\ue000"
+MODEL_NAME = "korean_bpe"
+
+
+@dataclass(frozen=True)
+class TokenizerTrainingConfig:
+    """Train a Korean SentencePiece BPE model whose pieces vocab_merge appends."""
+
+    corpus: tuple[Path, ...] = opt(doc="shard folders, .txt or .jsonl files (.gz/.xz too)")
+    out_dir: Path = opt(doc="output folder for korean_bpe.model")
+    method: Literal["bpe", "morpheme-bpe"] = opt(
+        "bpe", "plain BPE, or BPE whose merges stop at Kiwi morpheme boundaries"
+    )
+    vocab_size: int = opt(20000, "pieces in the Korean model (more than the pieces to append)")
+    text_field: str = opt("text", "field holding the text in .jsonl inputs")
+    max_sentences: int = opt(2_000_000, "sentences sampled (reservoir, seeded) for training")
+    character_coverage: float = opt(0.9995, "share of characters covered; the rest are bytes")
+    max_piece_length: int = opt(16, "longest piece in characters")
+    split_digits: bool = opt(True, "one digit per piece, as Llama-2 does")
+    max_sentence_bytes: int = opt(4192, "longer sentences are skipped by sentencepiece")
+    seed: int = opt(0, "seed of the sentence sample")
+    num_threads: int = opt(2, "sentencepiece trainer threads")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.corpus:
+            problems.append("corpus: give at least one shard folder or text file")
+        if self.vocab_size < 1000:
+            problems.append(f"vocab_size: {self.vocab_size} is too small for Korean (>= 1000)")
+        if not 0.9 <= self.character_coverage <= 1.0:
+            problems.append("character_coverage: must be within [0.9, 1.0]")
+        if self.max_sentences <= 0:
+            problems.append("max_sentences: must be positive")
+        return problems
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trained Korean model and what it was trained on."""
+
+    model_path: Path
+    vocab_size: int
+    sentences: int
+    sentences_seen: int
+    seconds: float
+
+
+def iter_corpus_texts(paths: Iterable[Path], text_field: str = "text") -> Iterator[str]:
+    """Documents from shard folders (train split), text files and JSONL files, in order."""
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            if not (p / "manifest.json").is_file():
+                raise InputError(
+                    f"corpus: {p} is a folder without manifest.json; give a `kovocab shard` "
+                    "output folder or the text files themselves"
+                )
+            from kovocab.corpus import iter_shard_texts
+
+            yield from iter_shard_texts(p, split="train")
+        elif p.is_file():
+            yield from _iter_file(p, text_field)
+        else:
+            raise InputError(f"corpus: path not found: {p}")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw: Any
+    if path.suffix == ".gz":
+        raw = gzip.open(path, "rb")
+    elif path.suffix == ".xz":
+        raw = lzma.open(path, "rb")
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the TextIOWrapper
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
+
+
+def _iter_file(path: Path, text_field: str) -> Iterator[str]:
+    is_jsonl = ".jsonl" in path.suffixes
+    line_no = 0
+    try:
+        with _open_text(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if not is_jsonl:
+                    yield line.rstrip("\n")
+                    continue
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if text_field not in record:
+                    raise InputError(
+                        f"{path}:{line_no}: no field '{text_field}' (fields: "
+                        f"{', '.join(sorted(record))}); set tokenizer_training.text_field"
+                    )
+                yield str(record[text_field])
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not UTF-8 after line {line_no} ({exc.reason}); run `kovocab shard` on it "
+            "first, which detects CP949/EUC-KR and quarantines undecodable lines"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{line_no + 1}: invalid JSON ({exc.msg})") from exc
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{path}: compressed file is truncated or corrupt ({exc})") from exc
+
+
+def sample_sentences(texts: Iterable[str], k: int, seed: int) -> tuple[list[str], int]:
+    """A seeded reservoir sample of `k` non-empty lines; returns it and the lines seen."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for text in texts:
+        for line in text.split("\n"):
+            line = line.strip().replace(DELIMITER, "")
+            if not line:
+                continue
+            seen += 1
+            if len(sample) < k:
+                sample.append(line)
+            else:
+                j = rng.randrange(seen)
+                if j < k:
+                    sample[j] = line
+    return sample, seen
+
+
+def mark_morphemes(sentences: list[str], num_workers: int = 2) -> list[str]:
+    """Insert DELIMITER at Kiwi morpheme boundaries inside words.
+
+    Boundaries are token start offsets; a token that overlaps the previous one
+    (했 = 하 + 었) starts no boundary, so characters are never split or changed.
+    """
+    try:
+        from kiwipiepy import Kiwi
+    except ImportError as exc:
+        raise MissingDependencyError("kiwipiepy", "kiwi", "morpheme-aware BPE") from exc
+    kiwi = Kiwi(num_workers=max(1, num_workers))
+    out = []
+    for sentence, tokens in zip(sentences, kiwi.tokenize(sentences), strict=True):
+        cuts = []
+        end = 0
+        for tok in tokens:
+            start = tok.start
+            if start >= end and start > 0 and not sentence[start - 1].isspace():
+                cuts.append(start)
+            end = max(end, tok.start + tok.len)
+        if not cuts:
+            out.append(sentence)
+            continue
+        parts, prev = [], 0
+        for c in cuts:
+            parts.append(sentence[prev:c])
+            prev = c
+        parts.append(sentence[prev:])
+        out.append(DELIMITER.join(parts))
+    return out
+
+
+def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
+    """Train the Korean SentencePiece BPE model described by `cfg`."""
+    import sentencepiece as spm
+
+    start = time.perf_counter()
+    sentences, seen = sample_sentences(
+        iter_corpus_texts(cfg.corpus, cfg.text_field), cfg.max_sentences, cfg.seed
+    )
+    if not sentences:
+        raise InputError(f"tokenizer_training.corpus: no text found in {list(map(str, cfg.corpus))}")
+    log.info("training %s on %d of %d sentences", cfg.method, len(sentences), seen)
+    extra: dict[str, Any] = {}
+    if cfg.method == "morpheme-bpe":
+        sentences = mark_morphemes(sentences, cfg.num_threads)
+        extra["pretokenization_delimiter"] = DELIMITER
+    model = io.BytesIO()
+    spm.set_random_generator_seed(cfg.seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=cfg.vocab_size,
+            character_coverage=cfg.character_coverage,
+            byte_fallback=True,
+            split_digits=cfg.split_digits,
+            max_sentencepiece_length=cfg.max_piece_length,
+            max_sentence_length=cfg.max_sentence_bytes,
+            # Llama-2's own settings, so the pieces mean the same thing there.
+            normalization_rule_name="identity",
+            add_dummy_prefix=True,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            input_sentence_size=0,
+            num_threads=cfg.num_threads,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            minloglevel=2,
+            **extra,
+        )
+    except RuntimeError as exc:
+        raise InputError(f"tokenizer_training: sentencepiece could not train: {exc}") from exc
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{MODEL_NAME}.model"
+    atomic_write_bytes(path, model.getvalue())
+    seconds = time.perf_counter() - start
+    result = TrainResult(path, cfg.vocab_size, len(sentences), seen, seconds)
+    write_config(out, "tokenizer_training", cfg)
+    write_manifest(
+        out,
+        "tokenizer_training",
+        {"sentences": len(sentences), "sentences_seen": seen, "vocab_size": cfg.vocab_size},
+        inputs={str(p): _digest(Path(p)) for p in cfg.corpus},
+    )
+    return result
+
+
+def _digest(path: Path) -> str:
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        return sha256_file(manifest) if manifest.is_file() else ""
+    return sha256_file(path)
