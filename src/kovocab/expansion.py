@@ -162,10 +162,12 @@ def _held_out_texts(
 ) -> list[str]:
     if eval_texts is not None:
         docs = list(iter_corpus_texts(_paths(eval_texts)))
-    else:
+    elif any(p.is_dir() for p in corpus):
         from kovocab.corpus import iter_shard_texts
 
         docs = [t for p in corpus if p.is_dir() for t in iter_shard_texts(p, split="eval")]
+    else:
+        return []
     return [line.strip() for d in docs for line in d.split("\n") if line.strip()][:20000]
 
 
