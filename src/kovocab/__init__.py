@@ -20,6 +20,13 @@ _API = {
     "shard_corpus": "kovocab.corpus",
     "ShardConfig": "kovocab.corpus",
     "ShardResult": "kovocab.corpus",
+    "train_tokenizer": "kovocab.tokenizer_training",
+    "TokenizerTrainingConfig": "kovocab.tokenizer_training",
+    "merge_vocab": "kovocab.vocab_merge",
+    "MergeVocabConfig": "kovocab.vocab_merge",
+    "expand_vocab": "kovocab.expansion",
+    "ExpandVocabConfig": "kovocab.expansion",
+    "ExpandResult": "kovocab.expansion",
 }
 
 __all__ = ["__version__", *_API]
