@@ -278,3 +278,22 @@ def test_cli_train_then_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["merge-vocab", "--set", "vocab_merge.target_vocb_size=5"]) == 1
     err = capsys.readouterr().err
     assert "did you mean 'target_vocab_size'" in err and "kovocab: error:" in err
+
+
+def test_expand_vocab_api_trains_merges_and_reports(tmp_path: Path) -> None:
+    from kovocab import expand_vocab
+
+    held_out = tmp_path / "news.ko"
+    held_out.write_text("\n".join(_news("ko")[:300]) + "\n", encoding="utf-8")
+    res = expand_vocab(base=LLAMA2_MODEL.parent, corpus=NOVELS[:10], out_dir=tmp_path / "x",
+                       target_vocab_size=33024, korean_vocab_size=3000, eval_texts=held_out)
+    assert res.merge.vocab_size == 33024
+    s = res.stats
+    assert s["golden_tokens_before"] == 30 and s["golden_tokens_after"] < 30
+    assert s["held_out_sentences"] == 300
+    assert s["korean_tokens_per_sentence_after"] < s["korean_tokens_per_sentence_before"]
+    assert res.report_dir is not None
+    import json
+
+    figures = json.loads((res.report_dir / "report.json").read_text(encoding="utf-8"))
+    assert set(figures["results"]) == {"base", "expanded"}

@@ -211,6 +211,7 @@ def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> Ex
         texts={"korean_held_out": str(text_file)},
         out_dir=result.out_dir / "report",
         base="base",
+        examples=[GOLDEN_KO],
     )
     return ExpandResult(**{**result.__dict__, "report_dir": Path(rep.out_dir)})
 
