@@ -1,0 +1,262 @@
+"""Stage `shard`, phase 2: finished tasks -> deduplicated, assigned, written shards.
+
+Inputs: every input's task files (.work/). Outputs: the shards, quarantine.jsonl and
+the manifest body. Global order: eval sources first (so a train copy of an eval text is
+the one dropped), then source, file, record number; the first copy is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kovocab.artifacts import atomic_open
+from kovocab.config import to_dict
+from kovocab.corpus.dedup import DIGEST_BYTES, NearIndex, first_occurrences
+from kovocab.corpus.inputs import InputFile
+from kovocab.corpus.normalizer import options as normalise_options
+from kovocab.corpus.options import ShardConfig
+from kovocab.corpus.shards import (
+    ShardWriter,
+    bool_array,
+    fixed_width,
+    merged_batches,
+    merged_quarantine,
+    repeated,
+    shard_name,
+)
+from kovocab.corpus.tasks import WORK, Task
+
+QUARANTINE = "quarantine.jsonl"
+
+
+def merge_tasks(
+    cfg: ShardConfig, inputs: list[InputFile], tasks: list[Task], out: Path, progress: bool
+) -> dict[str, Any]:
+    """Write the shards and quarantine.jsonl; return the manifest's statistics and tables."""
+    from tqdm import tqdm
+
+    work = out / WORK
+    by_input: dict[tuple[int, int], list[Task]] = {}
+    for t in tasks:
+        by_input.setdefault((t.inp.source, t.inp.index), []).append(t)
+    summaries = {t.key: json.loads(t.path(work, ".done.json").read_text()) for t in tasks}
+    order = sorted(inputs, key=lambda i: (cfg.sources[i.source].use != "eval", i.source, i.index))
+    for parts in by_input.values():
+        parts.sort(key=lambda t: t.part)
+    paths = {key: [t.path(work, ".arrow") for t in parts] for key, parts in by_input.items()}
+    inputs_paths = [paths.get((i.source, i.index), []) for i in order]
+    firsts = _exact_first_seen(inputs_paths) if cfg.exact_dedupe else None
+    near = NearIndex(cfg.near_threshold, cfg.minhash_perms) if cfg.near_dedupe else None
+    train = [shard_name("train", k, cfg.shards) for k in range(cfg.shards)]
+    names = [*train, shard_name("eval", 0, 1)]
+    entries: list[dict[str, Any]] = []
+    total = sum(s["records"] for s in summaries.values())
+    with (
+        ExitStack() as stack,
+        tqdm(total=total, desc="dedupe+write", unit=" rec", unit_scale=True, disable=not progress) as bar,
+    ):
+        writers = [ShardWriter(out, name, cfg.gzip_level, stack) for name in names]
+        with atomic_open(out / QUARANTINE) as q:
+            for n, inp in enumerate(order):
+                parts = by_input.get((inp.source, inp.index), [])
+                for line in merged_quarantine([t.path(work, ".quarantine.jsonl") for t in parts]):
+                    q.write(line)
+                first = firsts[n] if firsts is not None else None
+                entry = _merge_input(cfg, inp, inputs_paths[n], first, near, writers)
+                entry["records"] = sum(summaries[t.key]["records"] for t in parts)
+                entry["dropped"] = dict(sorted(_sum(summaries[t.key]["dropped"] for t in parts).items()))
+                if entry["records"] != entry["kept"] + sum(entry["dropped"].values()) + sum(
+                    entry["duplicates"].values()
+                ):
+                    raise RuntimeError(f"kovocab bug: records of {inp.path} do not add up: {entry}")
+                entries.append(entry)
+                bar.update(entry["records"])
+    # After the stack has closed (flushed) every writer.
+    shard_table = {w.name: {"docs": w.docs, "chars": w.total_chars} for w in writers}
+    entries.sort(key=lambda e: (e["source_index"], e["file_index"]))
+    return _manifest_body(cfg, entries, shard_table, train, names[-1])
+
+
+def _sum(counters: Iterable[dict[str, int]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for c in counters:
+        total.update(c)
+    return total
+
+
+def _exact_first_seen(inputs: list[list[Path]]) -> list[np.ndarray]:
+    """Per input (in global order), per record: is it the first copy of its text in the corpus?"""
+    chunks: list[np.ndarray] = []
+    counts: list[int] = []
+    for paths in inputs:
+        n = 0
+        for batch in merged_batches(paths, columns=["record", "digest"]) if paths else ():
+            d = np.frombuffer(fixed_width(batch.column("digest"), DIGEST_BYTES), dtype="<u8")
+            chunks.append(d.reshape(-1, 2).copy())
+            n += batch.num_rows
+        counts.append(n)
+    digests = np.concatenate(chunks) if chunks else np.zeros((0, 2), dtype=np.uint64)
+    return np.split(first_occurrences(digests), np.cumsum(counts)[:-1])
+
+
+def _merge_input(
+    cfg: ShardConfig,
+    inp: InputFile,
+    paths: list[Path],
+    first: np.ndarray | None,
+    near: NearIndex | None,
+    writers: list[ShardWriter],
+) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    src = cfg.sources[inp.source]
+    prefix = f"{src.name}:{inp.index}:"
+    n_train = cfg.shards
+    dups: Counter[str] = Counter()
+    kept = 0
+    offset = 0
+    for batch in merged_batches(paths) if paths else ():
+        n = batch.num_rows
+        keep = first[offset : offset + n].copy() if first is not None else np.ones(n, dtype=bool)
+        offset += n
+        dups["exact"] += n - int(keep.sum())
+        if near is not None:
+            sigs = np.frombuffer(fixed_width(batch.column("minhash"), 4 * cfg.minhash_perms), dtype=np.uint32)
+            sigs = sigs.reshape(n, cfg.minhash_perms)
+            for i in np.flatnonzero(keep).tolist():
+                if near.seen(sigs[i]):
+                    keep[i] = False
+                    dups["near"] += 1
+        idx = np.flatnonzero(keep)
+        if not len(idx):
+            continue
+        kept += len(idx)
+        # The first 8 digest bytes pick the split and the shard: the same text always
+        # lands in the same place, whatever else is in the corpus.
+        u = np.frombuffer(fixed_width(batch.column("digest"), DIGEST_BYTES), dtype="<u8")[0::2][idx]
+        if src.use == "eval":
+            target = np.full(len(idx), n_train, dtype=np.int64)
+        else:
+            target = np.where(
+                u % np.uint64(1000) < cfg.eval_permille, n_train, (u // np.uint64(1000)) % np.uint64(n_train)
+            ).astype(np.int64)
+        texts = batch.column("text").filter(bool_array(keep))
+        records = pc.cast(batch.column("record").filter(bool_array(keep)), pa.large_string())
+        ids = pc.binary_join_element_wise(repeated(prefix, len(idx)), records, repeated("", len(idx)))
+        for t in np.unique(target).tolist():
+            sel = bool_array(target == t)
+            writers[t].add(ids.filter(sel), src.name, texts.filter(sel))
+    dups = Counter({k: v for k, v in dups.items() if v})
+    return {
+        "source": src.name,
+        "source_index": inp.source,
+        "file_index": inp.index,
+        "path": str(inp.path),
+        "sha256": inp.sha256,
+        "bytes": inp.size,
+        "compression": inp.compression,
+        "format": inp.format,
+        "encoding": inp.encoding,
+        "empty": inp.empty,
+        "kept": kept,
+        "duplicates": dict(sorted(dups.items())),
+    }
+
+
+def _manifest_body(
+    cfg: ShardConfig,
+    entries: list[dict[str, Any]],
+    shard_table: dict[str, dict[str, int]],
+    train: list[str],
+    eval_name: str,
+) -> dict[str, Any]:
+    sources: dict[str, dict[str, Any]] = {}
+    for s in cfg.sources:
+        sources[s.name] = {
+            "use": s.use,
+            "license": s.license,
+            "files": 0,
+            "docs_in": 0,
+            "kept": 0,
+            "dropped": Counter(),
+            "duplicates": Counter(),
+        }
+    for e in entries:
+        agg = sources[e["source"]]
+        agg["files"] += 1
+        agg["docs_in"] += e["records"]
+        agg["kept"] += e["kept"]
+        agg["dropped"].update(e["dropped"])
+        agg["duplicates"].update(e["duplicates"])
+    dropped = _sum(e["dropped"] for e in entries)
+    dups = _sum(e["duplicates"] for e in entries)
+    for agg in sources.values():
+        agg["dropped"] = dict(sorted(agg["dropped"].items()))
+        agg["duplicates"] = dict(sorted(agg["duplicates"].items()))
+    stats = {
+        "docs_in": sum(e["records"] for e in entries),
+        "kept": sum(e["kept"] for e in entries),
+        "dropped": sum(dropped.values()),
+        "duplicates": sum(dups.values()),
+        "dropped_by_reason": dict(sorted(dropped.items())),
+        "duplicates_by_kind": dict(sorted(dups.items())),
+        "train_docs": sum(shard_table[n]["docs"] for n in train),
+        "eval_docs": shard_table[eval_name]["docs"],
+        "kept_chars": sum(v["chars"] for v in shard_table.values()),
+        "input_bytes": sum(e["bytes"] for e in entries),
+        "quarantined": sum(v for k, v in dropped.items() if k in _QUARANTINE_REASONS),
+        "sources": sources,
+    }
+    return {
+        "stats": stats,
+        "inputs": entries,
+        "splits": {"train": [f"{n}.jsonl.gz" for n in train], "eval": [f"{eval_name}.jsonl.gz"]},
+        "parquet": {"train": [f"{n}.parquet" for n in train], "eval": [f"{eval_name}.parquet"]},
+        "shards": shard_table,
+        "quarantine": QUARANTINE,
+        "options": {
+            "normalise": normalise_options(cfg.nfc, cfg.remove_invisible),
+            "filters": {
+                k: getattr(cfg, k)
+                for k in (
+                    "min_chars",
+                    "max_chars",
+                    "min_hangul_ratio",
+                    "max_repeat_ratio",
+                    "repeat_min_times",
+                    "max_dup_line_ratio",
+                )
+            },
+            "dedupe": {
+                "exact": cfg.exact_dedupe,
+                "near": cfg.near_dedupe,
+                "near_threshold": cfg.near_threshold,
+                "minhash_perms": cfg.minhash_perms,
+                "shingle_chars": cfg.shingle_chars,
+                "order": "eval sources first, then source, file, record; first seen is kept",
+            },
+            "split_sentences": cfg.split_sentences,
+            "assignment": "eval if use: eval or blake2b(text)[:8] % 1000 < eval_permille; "
+            "else train shard (blake2b(text)[:8] // 1000) % shards",
+        },
+        "config": to_dict(cfg),
+    }
+
+
+_QUARANTINE_REASONS = {
+    "invalid-encoding",
+    "nul-byte",
+    "record-too-large",
+    "bad-json",
+    "missing-field",
+    "not-text",
+    "bad-row",
+}

@@ -1,0 +1,148 @@
+"""Stage `shard` config: the recipe section `shard:` as typed, frozen dataclasses.
+
+Inputs: a recipe mapping (YAML) with `shard.sources` entries. Outputs: `ShardConfig`
+with every source path resolved against the recipe's folder. The field docs are
+what `kovocab shard --help` prints (see kovocab.config.describe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kovocab.config import load_section, opt, resolve_path
+
+Format = Literal["auto", "txt", "jsonl", "json", "tsv", "csv", "parquet", "arrow"]
+Encoding = Literal["auto", "utf-8", "cp949", "euc-kr"]
+
+SECTION = "shard"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One corpus source: a set of files read the same way."""
+
+    name: str = opt(doc="short name (letters, digits, _ . -); every record's `source`, prefix of its `id`")
+    paths: tuple[str, ...] = opt(
+        doc="files, folders or glob patterns, relative to the recipe's folder; "
+        "gzip/xz/zstd/bz2 compression is detected from the magic bytes"
+    )
+    format: Format = opt(
+        "auto", "file format; auto: from the extension (.txt .jsonl .json .tsv .csv .parquet .arrow)"
+    )
+    field: str = opt(
+        "text",
+        "JSON field (dotted path for nested objects) or TSV/CSV/Parquet column holding the text; "
+        "a 0-based column index for header-less TSV/CSV",
+    )
+    header: bool = opt(True, "TSV/CSV: the first row names the columns")
+    txt_mode: Literal["line", "paragraph"] = opt(
+        "line", "txt: one document per line, or per paragraph (blank-line separated)"
+    )
+    encoding: Encoding = opt(
+        "auto", "text encoding; auto: UTF-8 unless a sample of the file decodes better as CP949 (EUC-KR)"
+    )
+    use: Literal["train", "eval"] = opt(
+        "train",
+        "train: tokenizer-training shards (eval_permille held out); eval: all documents go to the eval split",
+    )
+    license: str = opt("unspecified", "license of the source, copied to the manifest")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not _NAME.match(self.name):
+            problems.append(f"name: {self.name!r} must be letters, digits, '_', '.' or '-'")
+        if not self.paths:
+            problems.append("paths: give at least one file, folder or glob pattern")
+        if not self.field:
+            problems.append("field: must not be empty")
+        return problems
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """Stage `shard`: Korean text files -> cleaned, deduplicated JSONL.gz + Parquet shards."""
+
+    sources: tuple[SourceConfig, ...] = opt(
+        doc="list of sources (name, paths, format, field, header, txt_mode, encoding, use, license)"
+    )
+    out: Path = opt(doc="output folder (created; must be empty or a previous shard output)")
+    shards: int = opt(4, "number of train shards (the eval split is always one shard)")
+    eval_permille: int = opt(10, "per-mille of train-source documents held out as eval, chosen by text hash")
+    nfc: bool = opt(True, "compose Hangul and other text to Unicode NFC")
+    remove_invisible: bool = opt(True, "remove control, zero-width, bidi-format and Hangul filler characters")
+    min_chars: int = opt(2, "drop documents shorter than this many characters (after normalising)")
+    max_chars: int = opt(1_000_000, "drop documents longer than this many characters")
+    min_hangul_ratio: float = opt(0.5, "drop documents whose letters are less than this fraction Hangul")
+    max_repeat_ratio: float = opt(
+        0.5, "drop documents with more than this fraction of characters in repeated runs (ㅋㅋㅋㅋㅋ...)"
+    )
+    repeat_min_times: int = opt(5, "a run is a unit of 1-4 characters repeated at least this many times")
+    max_dup_line_ratio: float = opt(
+        0.3, "drop multi-line documents with more than this fraction of repeated lines"
+    )
+    exact_dedupe: bool = opt(True, "drop exact duplicates (same normalised text) across all inputs")
+    near_dedupe: bool = opt(False, "drop near-duplicates (MinHash LSH over character shingles)")
+    near_threshold: float = opt(
+        0.8, "estimated Jaccard similarity above which a document is a near-duplicate"
+    )
+    minhash_perms: int = opt(64, "MinHash permutations per document (more: better estimates, slower)")
+    shingle_chars: int = opt(5, "characters per shingle for near-dedupe")
+    split_sentences: bool = opt(False, "split documents into sentences with Kiwi, one sentence per line")
+    max_record_bytes: int = opt(
+        1 << 20, "records longer than this (bytes) are quarantined, never held in memory"
+    )
+    parts_per_file: int = opt(
+        0, "split each input into this many tasks by record number; 0: one per worker for inputs over 4 MiB"
+    )
+    gzip_level: int = opt(1, "gzip level of the JSONL shards (1: fastest; output is identical for a level)")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.sources:
+            problems.append("sources: give at least one source (or INPUT paths on the command line)")
+        names = [s.name for s in self.sources]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"sources: the name {name!r} is used twice; names must be unique")
+        if self.shards < 1:
+            problems.append(f"shards: must be at least 1, got {self.shards}")
+        if not 0 <= self.eval_permille <= 1000:
+            problems.append(f"eval_permille: must be in 0..1000, got {self.eval_permille}")
+        for key in ("min_hangul_ratio", "max_repeat_ratio", "max_dup_line_ratio", "near_threshold"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{key}: must be between 0 and 1, got {value}")
+        if self.min_chars < 1:
+            problems.append(
+                f"min_chars: must be at least 1 (empty documents are always dropped), got {self.min_chars}"
+            )
+        if self.max_chars < self.min_chars:
+            problems.append(f"max_chars: {self.max_chars} is below min_chars {self.min_chars}")
+        if self.repeat_min_times < 2:
+            problems.append(f"repeat_min_times: must be at least 2, got {self.repeat_min_times}")
+        if not 2 <= self.minhash_perms <= 1024:
+            problems.append(f"minhash_perms: must be in 2..1024, got {self.minhash_perms}")
+        if not 1 <= self.shingle_chars <= 32:
+            problems.append(f"shingle_chars: must be in 1..32, got {self.shingle_chars}")
+        if self.max_record_bytes < 1024:
+            problems.append(f"max_record_bytes: must be at least 1024, got {self.max_record_bytes}")
+        if self.parts_per_file < 0:
+            problems.append(f"parts_per_file: must be 0 (auto) or more, got {self.parts_per_file}")
+        if not 0 <= self.gzip_level <= 9:
+            problems.append(f"gzip_level: must be in 0..9, got {self.gzip_level}")
+        return problems
+
+
+def load_shard_config(data: Mapping[str, Any]) -> ShardConfig:
+    """The `shard:` section of a recipe as a ShardConfig, source paths resolved to the recipe folder."""
+    cfg = load_section(ShardConfig, data, SECTION)
+    base = data.get("_recipe_dir")
+    sources = tuple(
+        dataclasses.replace(s, paths=tuple(str(resolve_path(p, base)) for p in s.paths)) for s in cfg.sources
+    )
+    return dataclasses.replace(cfg, sources=sources)

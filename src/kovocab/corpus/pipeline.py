@@ -1,0 +1,252 @@
+"""Stage `shard`: the whole pipeline, resumable, parallel, a no-op when already done.
+
+Inputs: a ShardConfig. Outputs in cfg.out: shards, quarantine.jsonl, config.yaml and
+manifest.json, written last (with the same fingerprint it means "finished"). Phase 1
+runs independent tasks on a process pool or a cluster array; phase 2 merges serially.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kovocab.artifacts import MANIFEST, read_manifest, write_config, write_manifest
+from kovocab.config import to_dict
+from kovocab.corpus.inputs import InputFile, probe, with_sha256
+from kovocab.corpus.merge import merge_tasks
+from kovocab.corpus.options import SECTION, ShardConfig
+from kovocab.corpus.tasks import WORK, Task, is_done, make_tasks, plan_tasks, run_task
+from kovocab.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_OURS = ("train-", "eval-", "quarantine.jsonl", "config.yaml", MANIFEST)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """Where the shards went and what was counted (docs_in = kept + dropped + duplicates)."""
+
+    out: Path
+    manifest: Path
+    splits: dict[str, list[Path]] = field(default_factory=dict)  # JSONL.gz shards per split
+    parquet: dict[str, list[Path]] = field(default_factory=dict)
+    quarantine: Path | None = None
+    docs_in: int = 0
+    kept: int = 0
+    dropped: int = 0
+    duplicates: int = 0
+    tasks_run: int = 0
+    already_done: bool = False
+
+
+def config_fingerprint(cfg: ShardConfig) -> str:
+    """What phase 1 depends on besides its input: the config (less `out` and how the work
+    is split) and the version."""
+    from kovocab import __version__
+
+    body = {
+        "version": __version__,
+        "config": to_dict(dataclasses.replace(cfg, out=Path("."), parts_per_file=0)),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def fingerprint(cfg: ShardConfig, inputs: list[InputFile]) -> str:
+    """What the outputs depend on: the config fingerprint and the contents of every input."""
+    body = [config_fingerprint(cfg), [[i.source, i.index, str(i.path), i.sha256] for i in inputs]]
+    return hashlib.sha256(json.dumps(body).encode("utf-8")).hexdigest()
+
+
+def _check_not_all_empty(inputs: list[InputFile]) -> None:
+    empty = [str(i.path) for i in inputs if i.empty]
+    if empty and len(empty) == len(inputs):
+        raise InputError(f"every input is empty ({', '.join(empty[:5])}): nothing to shard; check the paths")
+    for path in empty:
+        log.warning("%s is empty: it adds no documents", path)
+
+
+def _finished(out: Path, fp: str) -> dict[str, Any] | None:
+    manifest = read_manifest(out)
+    if not manifest or manifest.get("stage") != SECTION or manifest.get("fingerprint") != fp:
+        return None
+    for name, entry in manifest.get("files", {}).items():
+        path = out / name
+        if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+            return None
+    return manifest
+
+
+def _prepare_out(out: Path) -> None:
+    """Make `out` ready for a fresh phase 2; refuse a folder that is not ours."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"shard.out: {out} is a file; give a folder")
+    if out.is_dir():
+        foreign = [
+            p.name
+            for p in out.iterdir()
+            if p.name != WORK and not p.name.startswith(_OURS) and not p.name.startswith(".")
+        ]
+        if foreign:
+            raise InputError(
+                f"shard.out: {out} holds files kovocab did not write ({', '.join(sorted(foreign)[:5])}); "
+                "give an empty or new folder"
+            )
+    (out / WORK).mkdir(parents=True, exist_ok=True)
+
+
+def _clean_previous(out: Path) -> None:
+    # The manifest goes first: without it no half-replaced folder looks finished.
+    (out / MANIFEST).unlink(missing_ok=True)
+    for p in out.iterdir():
+        if p.is_file() and (p.name.startswith(_OURS) or (p.name.startswith(".") and p.name.endswith(".tmp"))):
+            p.unlink()
+
+
+def _result(out: Path, manifest: dict[str, Any], tasks_run: int, already: bool) -> ShardResult:
+    stats = manifest["stats"]
+    return ShardResult(
+        out=out,
+        manifest=out / MANIFEST,
+        splits={k: [out / n for n in v] for k, v in manifest["splits"].items()},
+        parquet={k: [out / n for n in v] for k, v in manifest["parquet"].items()},
+        quarantine=out / "quarantine.jsonl",
+        docs_in=stats["docs_in"],
+        kept=stats["kept"],
+        dropped=stats["dropped"],
+        duplicates=stats["duplicates"],
+        tasks_run=tasks_run,
+        already_done=already,
+    )
+
+
+def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = None) -> ShardResult:
+    """Run stage `shard` (both phases) and return where its outputs are."""
+    out = Path(cfg.out)
+    inputs = probe(cfg)
+    _check_not_all_empty(inputs)
+    fp = fingerprint(cfg, inputs)
+    manifest = _finished(out, fp)
+    if manifest is not None:
+        log.info("%s is already complete for this config and these inputs: nothing to do", out)
+        return _result(out, manifest, 0, True)
+    _prepare_out(out)
+    work = out / WORK
+    tasks = plan_tasks(inputs, cfg, config_fingerprint(cfg), work, workers)
+    ran = run_tasks([t for t in tasks if not is_done(t, work)], cfg, work, workers, progress)
+    _clean_previous(out)
+    write_config(out, SECTION, cfg)
+    body = merge_tasks(cfg, inputs, tasks, out, progress=_show(progress))
+    # .work goes before the manifest is written, so the manifest lists only outputs;
+    # a kill in between just means phase 1 runs again.
+    shutil.rmtree(work, ignore_errors=True)
+    stats = body.pop("stats")
+    write_manifest(out, SECTION, stats, fingerprint=fp, config_fingerprint=config_fingerprint(cfg), **body)
+    manifest = read_manifest(out)
+    assert manifest is not None  # just written
+    log.info(
+        "kept %d of %d documents (%d dropped, %d duplicates)",
+        stats["kept"],
+        stats["docs_in"],
+        stats["dropped"],
+        stats["duplicates"],
+    )
+    return _result(out, manifest, ran, False)
+
+
+def shard_tasks(
+    cfg: ShardConfig, task: int, num_tasks: int, workers: int = 1, progress: bool | None = None
+) -> int:
+    """Phase 1 only, for task `task` of `num_tasks` (a cluster array job); returns tasks run.
+
+    Every array task plans the same list of phase-1 tasks and takes every
+    num_tasks-th; a final `kovocab shard` without --task then merges.
+    """
+    if not 0 <= task < num_tasks:
+        raise InputError(f"--task {task} is not in 0..{num_tasks - 1} (--num-tasks {num_tasks})")
+    out = Path(cfg.out)
+    # No input is hashed here except the ones this task reads: with many array tasks
+    # and a large corpus, hashing everything everywhere would cost more than the work.
+    inputs = probe(cfg, hashes=False)
+    cfp = config_fingerprint(cfg)
+    manifest = read_manifest(out)
+    if (
+        manifest
+        and manifest.get("config_fingerprint") == cfp
+        and [(e["path"], e["bytes"]) for e in manifest.get("inputs", [])]
+        == [(str(i.path), i.size) for i in inputs]
+    ):
+        log.info("%s is already complete: nothing to do", out)
+        return 0
+    _prepare_out(out)
+    work = out / WORK
+    parts = cfg.parts_per_file or 1
+    plan = [(i, k) for i in inputs if not i.empty for k in range(parts)][task::num_tasks]
+    hashed = {(i.source, i.index): with_sha256(i) for i, _ in plan}
+    mine = [make_tasks(hashed[(i.source, i.index)], parts, cfp)[k] for i, k in plan]
+    return run_tasks([t for t in mine if not is_done(t, work)], cfg, work, workers, progress)
+
+
+def _show(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+_COUNTER: Any = None
+
+
+def _init_worker(counter: Any) -> None:
+    global _COUNTER
+    _COUNTER = counter
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _count(n: int) -> None:
+    with _COUNTER.get_lock():
+        _COUNTER.value += n
+
+
+def _run_in_worker(task: Task, cfg: ShardConfig, work: Path) -> dict[str, Any]:
+    return run_task(task, cfg, work, _count if _COUNTER is not None else None)
+
+
+def run_tasks(tasks: list[Task], cfg: ShardConfig, work: Path, workers: int, progress: bool | None) -> int:
+    """Phase 1: run tasks in this process (workers=1) or on a pool of `workers` processes."""
+    if not tasks:
+        return 0
+    from tqdm import tqdm
+
+    # Biggest first, so one large input does not start last on an idle pool.
+    tasks = sorted(tasks, key=lambda t: (-t.inp.size, t.key))
+    log.info("phase 1: %d tasks on %d worker(s)", len(tasks), workers)
+    bar = tqdm(desc="read+clean", unit=" rec", disable=not _show(progress), unit_scale=True)
+    t0 = time.monotonic()
+    try:
+        if workers <= 1:
+            for t in tasks:
+                run_task(t, cfg, work, bar.update)
+        else:
+            ctx = multiprocessing.get_context("spawn")  # no fork: pyarrow and Kiwi run threads
+            counter = ctx.Value("q", 0)
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+            ) as pool:
+                pending = {pool.submit(_run_in_worker, t, cfg, work) for t in tasks}
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        f.result()  # re-raises a task's error (InputError included)
+                    bar.update(counter.value - bar.n)
+    finally:
+        bar.close()
+    log.info("phase 1 done in %.1f s", time.monotonic() - t0)
+    return len(tasks)
