@@ -1,0 +1,202 @@
+"""Bits per byte of held-out text under a causal LM and its tokenizer: the step-0 check.
+
+Inputs: Hugging Face model folders, each with a SentencePiece tokenizer (by default its
+own tokenizer.model), and text (.txt lines, .jsonl "text", shard folders' eval split).
+bits/byte = the documents' total NLL in bits over their UTF-8 bytes; it does not depend
+on the tokenizer, so base model + base tokenizer and resized model + expanded tokenizer
+compare directly. Long documents are scored with a sliding window over the context.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kovocab.config import opt
+from kovocab.errors import InputError, TokenizerError
+from kovocab.vocab_merge import find_sentencepiece_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BpbConfig:
+    """Bits per byte of a text set under one or more (model, tokenizer) pairs."""
+
+    models: tuple[Path, ...] = opt(doc="model folders, e.g. the base model and the resized one")
+    texts: tuple[Path, ...] = opt(doc="held-out text: .txt (a document per line), .jsonl, shard folders")
+    tokenizers: tuple[Path, ...] = opt((), "paired with models in order; the rest use their tokenizer.model")
+    max_documents: int = opt(1000, "score at most this many non-empty documents")
+    max_length: int | None = opt(None, "window in tokens; default the model's max_position_embeddings")
+    stride: int | None = opt(None, "tokens the window advances; default half the window")
+    batch_size: int = opt(8, "documents that fit one window are scored this many at a time")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt("float32", "weights dtype while scoring")
+    device: str = opt("auto", "cuda when available, else cpu; or any torch device")
+    out: Path | None = opt(None, "also write the figures to this JSON file")
+
+    def check(self) -> list[str]:
+        problems = []
+        if len(self.tokenizers) > len(self.models):
+            problems.append(f"tokenizers: {len(self.tokenizers)} given for {len(self.models)} models")
+        if self.max_length is not None and self.max_length < 2:
+            problems.append("max_length: must be 2 or more")
+        if self.stride is not None and self.stride < 1:
+            problems.append("stride: must be 1 or more")
+        if self.max_documents < 1 or self.batch_size < 1:
+            problems.append("max_documents, batch_size: must be 1 or more")
+        return problems
+
+
+@dataclass(frozen=True)
+class BpbResult:
+    """The NLL of one (model, tokenizer) pair on the documents."""
+
+    model: Path
+    tokenizer: Path
+    documents: int
+    bytes: int
+    tokens: int
+    nll_bits: float
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll_bits / self.bytes if self.bytes else math.nan
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nll_bits / self.tokens if self.tokens else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": str(self.model), "tokenizer": str(self.tokenizer), "documents": self.documents,
+                "bytes": self.bytes, "tokens": self.tokens, "nll_bits": self.nll_bits,
+                "bits_per_byte": self.bits_per_byte, "bits_per_token": self.bits_per_token}
+
+
+def read_documents(paths: Sequence[Path], limit: int) -> list[str]:
+    """Up to `limit` non-empty documents, in order; shard folders give their eval split."""
+    from kovocab.tokenizer_training import iter_corpus_texts
+
+    def docs() -> Iterator[str]:
+        for p in paths:
+            if p.is_dir():
+                from kovocab.corpus import iter_shard_texts
+
+                yield from iter_shard_texts(p, split="eval")
+            else:
+                yield from iter_corpus_texts([p])
+
+    out = []
+    for doc in docs():
+        if doc.strip():
+            out.append(doc)
+            if len(out) == limit:
+                break
+    if not out:
+        raise InputError(f"bpb.texts: no non-empty documents in {', '.join(map(str, paths))}")
+    return out
+
+
+def compare_bits_per_byte(cfg: BpbConfig) -> list[BpbResult]:
+    """Score the same documents under every (model, tokenizer) pair of `cfg`."""
+    docs = read_documents(cfg.texts, cfg.max_documents)
+    tokenizers = cfg.tokenizers + cfg.models[len(cfg.tokenizers) :]  # a model folder holds its own
+    results = [
+        bits_per_byte(m, t, docs, cfg.max_length, cfg.stride, cfg.batch_size, cfg.dtype, cfg.device)
+        for m, t in zip(cfg.models, tokenizers, strict=True)
+    ]
+    if cfg.out is not None:
+        from kovocab.artifacts import write_json
+
+        write_json(cfg.out, {"documents": len(docs), "results": [r.to_dict() for r in results]})
+    return results
+
+
+def bits_per_byte(
+    model_dir: str | Path,
+    tokenizer: str | Path,
+    documents: Sequence[str],
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str = "auto",
+) -> BpbResult:
+    """Total NLL of `documents` (each starting after BOS) under the model, per UTF-8 byte."""
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not Path(model_dir).is_dir():
+        raise InputError(f"bpb.models: folder not found: {model_dir}")
+    tok_path = find_sentencepiece_model(tokenizer, "bpb.tokenizers")
+    sp = spm.SentencePieceProcessor(model_file=str(tok_path))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+    model = model.to(device).eval()
+    rows = model.get_output_embeddings().weight.shape[0]
+    if sp.get_piece_size() > rows:
+        raise TokenizerError(
+            f"{tok_path} has {sp.get_piece_size()} pieces but {model_dir} has {rows} output rows; "
+            "pair the resized model with the expanded tokenizer and the base model with the base one"
+        )
+    window = max_length or int(getattr(model.config, "max_position_embeddings", 2048))
+    step = stride or max(1, window // 2)
+    if step >= window:
+        raise InputError(f"bpb.stride: {step} must be smaller than the window ({window})")
+    bos = [sp.bos_id()] if sp.bos_id() >= 0 else []
+    seqs = [bos + ids for ids in sp.encode(list(documents))]
+    nats, tokens = 0.0, 0
+    with torch.inference_mode():
+        short = sorted((s for s in seqs if len(s) <= window), key=len)
+        for i in range(0, len(short), batch_size):
+            n, t = _score_batch(model, short[i : i + batch_size], device)
+            nats, tokens = nats + n, tokens + t
+        for s in (s for s in seqs if len(s) > window):
+            n, t = _score_long(model, s, window, step, device)
+            nats, tokens = nats + n, tokens + t
+    nbytes = sum(len(d.encode("utf-8")) for d in documents)
+    res = BpbResult(Path(model_dir), tok_path, len(documents), nbytes, tokens, nats / math.log(2))
+    log.info("%s + %s: %.4f bits/byte over %d bytes, %d tokens", model_dir, tok_path.name,
+             res.bits_per_byte, nbytes, tokens)
+    return res
+
+
+def _score_batch(model: Any, seqs: list[list[int]], device: str) -> tuple[float, int]:
+    """NLL (nats) and count of every token after the first, right-padded into one batch."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for k, s in enumerate(seqs):
+        ids[k, : len(s)] = torch.tensor(s)
+        mask[k, : len(s)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    labels = ids.masked_fill(mask == 0, -100)[:, 1:].to(device)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="sum")
+    return float(nll), int((labels != -100).sum())
+
+
+def _score_long(model: Any, seq: list[int], window: int, step: int, device: str) -> tuple[float, int]:
+    """Sliding window: each token is scored once, with up to `window - 1` tokens of context."""
+    import torch
+
+    nats, scored_to = 0.0, 1  # position 0 (BOS) is context only
+    begin = 0
+    while scored_to < len(seq):
+        end = min(begin + window, len(seq))
+        ids = torch.tensor([seq[begin:end]], device=device)
+        logits = model(input_ids=ids).logits[0].float()
+        # position p is predicted by the logits at p - 1; score only what earlier windows did not
+        first = scored_to - begin
+        targets = ids[0, first:]
+        nats += float(torch.nn.functional.cross_entropy(logits[first - 1 : -1], targets, reduction="sum"))
+        scored_to = end
+        begin += step
+    return nats, len(seq) - 1

@@ -1,0 +1,182 @@
+"""New embedding rows for an expanded vocabulary: which rows to average, and the averages.
+
+Inputs: the base and the expanded SentencePiece BPE models (base pieces keep their ids)
+and a matrix's base rows. `subword-mean` gives a new piece the mean of the rows of the
+base tokenizer's split of its text (EEVE, arXiv:2402.14714); `mean` and padding rows
+get the mean of all rows, optionally with noise from their covariance (Hewitt 2021).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from kovocab.errors import TokenizerError
+from kovocab.tokenizer_export import BYTE, NORMAL, SPACE, USER_DEFINED, load_proto
+from kovocab.vocab_merge import find_sentencepiece_model
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Init = Literal["subword-mean", "mean"]
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Where every row after the base rows gets its initial value."""
+
+    base_rows: int  # rows of the checkpoint = pieces of the base tokenizer
+    tokenizer_size: int  # pieces of the expanded tokenizer
+    total_rows: int  # tokenizer_size padded to the multiple
+    init: Init
+    sources: tuple[tuple[int, ...], ...]  # per row from base_rows on: base ids to average, () = all rows
+
+    @property
+    def new_pieces(self) -> int:
+        return self.tokenizer_size - self.base_rows
+
+    @property
+    def padding_rows(self) -> int:
+        return self.total_rows - self.tokenizer_size
+
+    @property
+    def mean_rows(self) -> int:
+        return sum(1 for s in self.sources if not s)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        split = [len(s) for s in self.sources if s]
+        return {
+            "init": self.init,
+            "base_vocab_size": self.base_rows,
+            "tokenizer_vocab_size": self.tokenizer_size,
+            "vocab_size": self.total_rows,
+            "new_pieces": self.new_pieces,
+            "padding_rows": self.padding_rows,
+            "rows_from_subwords": len(split),
+            "rows_from_mean": self.mean_rows,
+            "subwords_per_new_piece": round(sum(split) / len(split), 3) if split else 0.0,
+        }
+
+
+def padded_rows(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple)) * multiple if multiple > 1 else n
+
+
+def plan_rows(
+    base_tokenizer: str | Path,
+    expanded_tokenizer: str | Path,
+    init: Init = "subword-mean",
+    pad_to_multiple_of: int = 64,
+) -> RowPlan:
+    """Check the expanded tokenizer extends the base one and plan every new row."""
+    base_path = find_sentencepiece_model(base_tokenizer, "base tokenizer")
+    exp_path = find_sentencepiece_model(expanded_tokenizer, "expanded tokenizer")
+    base, exp = load_proto(base_path), load_proto(exp_path)
+    n_base, n_exp = len(base.pieces), len(exp.pieces)
+    if n_exp < n_base:
+        raise TokenizerError(
+            f"expanded tokenizer {exp_path} has {n_exp} pieces, fewer than the base {base_path} ({n_base}); "
+            "give the merged tokenizer (kovocab merge-vocab), not the Korean model alone"
+        )
+    for i in range(n_base):
+        a, b = base.pieces[i], exp.pieces[i]
+        if a.piece != b.piece or a.type != b.type:
+            raise TokenizerError(
+                f"expanded tokenizer {exp_path}: piece {i} is {b.piece!r} but the base {base_path} has "
+                f"{a.piece!r} there; the base pieces must keep their ids (merge with kovocab merge-vocab, "
+                "and give the tokenizer the checkpoint was trained with as the base)"
+            )
+    total = padded_rows(n_exp, pad_to_multiple_of)
+    sources: list[tuple[int, ...]] = [()] * (total - n_base)
+    if init == "subword-mean":
+        new = [(k, p.piece) for k, p in enumerate(exp.pieces[n_base:]) if p.type in (NORMAL, USER_DEFINED)]
+        splits = _base_splitter(base).encode([piece.replace(SPACE, " ") for _, piece in new])
+        for (k, _), ids in zip(new, splits, strict=True):
+            sources[k] = tuple(ids)
+        skipped = sum(1 for p in exp.pieces[n_base:] if p.type not in (NORMAL, USER_DEFINED, BYTE))
+        if skipped:
+            log.info("%d new control/unused pieces get the mean of all rows", skipped)
+    plan = RowPlan(n_base, n_exp, total, init, tuple(sources))
+    log.info("rows %d -> %d (%d new pieces, %d padding)", n_base, total, plan.new_pieces, plan.padding_rows)
+    return plan
+
+
+def _base_splitter(base: Any) -> Any:
+    """The base model without its dummy prefix, so a piece splits as it would inside a word.
+
+    `▁안녕` (surface " 안녕") then splits word-initially and `녕하` mid-word, which is
+    what the rows being averaged were trained on.
+    """
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.CopyFrom(base)
+    proto.normalizer_spec.add_dummy_prefix = False
+    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+
+
+def init_rows(
+    old: torch.Tensor, plan: RowPlan, noise_scale: float = 0.0, seed: int = 0, chunk_rows: int = 1024
+) -> torch.Tensor:
+    """Rows `plan.base_rows ..< plan.total_rows` for the matrix whose base rows are `old`.
+
+    Means are taken in float32, `chunk_rows` new rows at a time, and cast to `old`'s
+    dtype at the end; `old` is only read, so its rows stay bit-identical.
+    """
+    import torch
+
+    n_new, hidden = plan.total_rows - plan.base_rows, old.shape[1]
+    out = torch.empty(n_new, hidden, dtype=old.dtype, device=old.device)
+    mean = _mean_rows(old, plan, noise_scale, seed, chunk_rows)
+    it = iter(mean) if mean is not None else iter(())
+    for start in range(0, n_new, chunk_rows):
+        chunk = plan.sources[start : start + chunk_rows]
+        ids = [i for s in chunk for i in s]
+        acc = torch.zeros(len(chunk), hidden, dtype=torch.float32, device=old.device)
+        if ids:
+            seg = torch.tensor([k for k, s in enumerate(chunk) for _ in s], device=old.device)
+            rows = old.index_select(0, torch.tensor(ids, device=old.device)).float()
+            acc.index_add_(0, seg, rows)
+            counts = torch.tensor([max(len(s), 1) for s in chunk], device=old.device, dtype=torch.float32)
+            acc /= counts[:, None]
+        for k, s in enumerate(chunk):
+            if not s:
+                acc[k] = next(it)
+        out[start : start + len(chunk)] = acc.to(old.dtype)
+    return out
+
+
+def _mean_rows(
+    old: torch.Tensor, plan: RowPlan, noise_scale: float, seed: int, chunk_rows: int
+) -> torch.Tensor | None:
+    """The rows that get the mean of all rows (with noise from their covariance, if asked)."""
+    import torch
+
+    n = plan.mean_rows
+    if n == 0:
+        return None
+    total = torch.zeros(old.shape[1], dtype=torch.float64, device=old.device)
+    for start in range(0, old.shape[0], chunk_rows):
+        total += old[start : start + chunk_rows].to(torch.float64).sum(0)
+    mean = (total / old.shape[0]).float()
+    if noise_scale == 0:
+        return mean.expand(n, -1)
+    cov = torch.zeros(old.shape[1], old.shape[1], dtype=torch.float32, device=old.device)
+    for start in range(0, old.shape[0], chunk_rows):
+        c = old[start : start + chunk_rows].float() - mean
+        cov += c.T @ c
+    cov /= old.shape[0]
+    chol, info = torch.linalg.cholesky_ex(noise_scale * cov)
+    if int(info) != 0:  # as transformers' mean_resizing: no noise without a positive definite covariance
+        log.warning("covariance of the rows is not positive definite; mean rows get no noise")
+        return mean.expand(n, -1)
+    gen = torch.Generator(device=old.device).manual_seed(seed)
+    z = torch.randn(n, old.shape[1], generator=gen, device=old.device, dtype=torch.float32)
+    return mean + z @ chol.T

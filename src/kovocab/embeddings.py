@@ -1,0 +1,323 @@
+"""Resize a Llama checkpoint's input embeddings and LM head to an expanded vocabulary.
+
+Inputs: a Hugging Face checkpoint folder (safetensors) or a live model, and the expanded
+tokenizer. Output folder: the checkpoint with both matrices grown (only the shards
+holding them are rewritten, the rest hardlinked), `config.json` with the new
+`vocab_size`, the tokenizer, `config.yaml` and `manifest.json`. Rows: `embedding_init`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kovocab.artifacts import MANIFEST, write_config, write_json, write_manifest
+from kovocab.config import opt
+from kovocab.embedding_init import Init, RowPlan, init_rows, plan_rows
+from kovocab.errors import ConfigError, InputError, TokenizerError
+from kovocab.safetensors_io import (
+    INDEX,
+    SINGLE,
+    Checkpoint,
+    link_or_copy,
+    open_checkpoint,
+    read_tensor,
+    rewrite_shard,
+)
+from kovocab.tokenizer_export import load_proto, write_hf_tokenizer
+from kovocab.vocab_merge import find_sentencepiece_model
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+# Weights in other formats would be stale next to the resized safetensors.
+_STALE = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.safetensors")
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    """Resize a checkpoint's embeddings and LM head to an expanded tokenizer."""
+
+    model_dir: Path = opt(doc="Hugging Face Llama folder with safetensors weights (read only)")
+    tokenizer: Path = opt(doc="expanded tokenizer: folder from merge-vocab, or its tokenizer.model")
+    out_dir: Path = opt(doc="output model folder (must differ from model_dir)")
+    init: Init = opt("subword-mean", "new rows: mean of the base split's rows, or mean of all rows")
+    base_tokenizer: Path | None = opt(None, "the checkpoint's tokenizer; default model_dir/tokenizer.model")
+    pad_to_multiple_of: int = opt(64, "pad the rows to a multiple of this (1: no padding rows)")
+    noise_scale: float = opt(0.0, "noise ~ N(0, scale * covariance) on mean rows (transformers: 1e-9)")
+    seed: int = opt(0, "seed for the noise")
+    link: Literal["hardlink", "copy"] = opt("hardlink", "unchanged shards: hardlink when possible, or copy")
+    chunk_rows: int = opt(1024, "rows averaged per step; bounds the float32 working memory")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.pad_to_multiple_of < 1:
+            problems.append("pad_to_multiple_of: must be 1 or more")
+        if self.noise_scale < 0:
+            problems.append("noise_scale: must be 0 or more")
+        if self.chunk_rows < 1:
+            problems.append("chunk_rows: must be 1 or more")
+        return problems
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """Where the resized checkpoint went and how its rows were made."""
+
+    out_dir: Path
+    plan: RowPlan
+    tied: bool
+    tensors: tuple[str, ...]  # the resized tensors
+    rewritten: tuple[str, ...]  # shard files rewritten
+    linked: tuple[str, ...]  # unchanged shards, hardlinked
+    copied: tuple[str, ...]  # unchanged shards, copied
+    seconds: float
+    manifest: Path
+
+    @property
+    def base_vocab_size(self) -> int:
+        return self.plan.base_rows
+
+    @property
+    def tokenizer_vocab_size(self) -> int:
+        return self.plan.tokenizer_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.plan.total_rows
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {**self.plan.stats, "tied": self.tied, "tensors": list(self.tensors),
+                "shards_rewritten": len(self.rewritten), "shards_linked": len(self.linked),
+                "shards_copied": len(self.copied), "seconds": round(self.seconds, 2)}
+
+
+def resize_embeddings(
+    model_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    init: Init = "subword-mean",
+    pad_to_multiple_of: int = 64,
+    base_tokenizer: str | Path | None = None,
+    **options: Any,
+) -> ResizeResult:
+    """Write `out_dir`: the checkpoint with embeddings and LM head resized to the tokenizer.
+
+    `options` are the other `ResizeConfig` fields (noise_scale, seed, link, chunk_rows).
+    """
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ResizeConfig)})
+    if unknown:
+        raise TypeError(f"resize_embeddings() got unknown options {unknown}")
+    cfg = ResizeConfig(
+        model_dir=Path(model_dir), tokenizer=Path(tokenizer_dir), out_dir=Path(out_dir), init=init,
+        pad_to_multiple_of=pad_to_multiple_of,
+        base_tokenizer=None if base_tokenizer is None else Path(base_tokenizer), **options,
+    )
+    problems = cfg.check()
+    if problems:
+        raise ConfigError([f"resize_embeddings.{p}" for p in problems])
+    return resize_embeddings_from_config(cfg)
+
+
+def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
+    """`resize_embeddings` driven by a recipe section (`resize_embeddings:`)."""
+    t0 = time.perf_counter()
+    src, out = Path(cfg.model_dir), Path(cfg.out_dir)
+    if not src.is_dir():
+        raise InputError(
+            f"resize_embeddings.model_dir: folder not found: {src} (give a Hugging Face model folder)"
+        )
+    if not (src / "config.json").is_file():
+        raise InputError(
+            f"resize_embeddings.model_dir: {src} has no config.json; is it a Hugging Face model folder?"
+        )
+    if out.resolve() == src.resolve():
+        raise InputError(f"resize_embeddings.out_dir: {out} is the input folder; write to a new folder")
+    model_config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    ckpt = open_checkpoint(src)
+    embed, head = _matrix_names(ckpt)
+    tied = head is None
+    if tied and model_config.get("tie_word_embeddings") is False:
+        raise InputError(f"{src}: config.json says tie_word_embeddings: false but there is no lm_head.weight")
+
+    base = cfg.base_tokenizer
+    if base is None:
+        if not (src / "tokenizer.model").is_file():
+            raise TokenizerError(
+                f"resize_embeddings.base_tokenizer: {src} has no tokenizer.model; give the tokenizer "
+                "the checkpoint was trained with (--base-tokenizer PATH)"
+            )
+        base = src / "tokenizer.model"
+    plan = plan_rows(base, cfg.tokenizer, cfg.init, cfg.pad_to_multiple_of)
+    rows, hidden = ckpt.header(embed).entry(embed).shape
+    if rows != plan.base_rows:
+        raise InputError(
+            f"{src}: {embed} has {rows} rows but the base tokenizer {base} has {plan.base_rows} pieces; "
+            "give the tokenizer this checkpoint was trained with (--base-tokenizer)"
+        )
+    names = (embed,) if head is None else (embed, head)
+
+    out.mkdir(parents=True, exist_ok=True)
+    rewritten: list[str] = []
+    linked: list[str] = []
+    copied: list[str] = []
+    grown_bytes = 0
+    for shard in ckpt.shards:
+        changed = [n for n in names if ckpt.weight_map[n] == shard]
+        if not changed:
+            how = link_or_copy(src / shard, out / shard, cfg.link)
+            (linked if how == "hardlink" else copied).append(shard)
+            continue
+        # One shard at a time, so memory holds at most the matrices of one shard.
+        header = ckpt.header(changed[0])
+        replacements = {n: _resized(read_tensor(src / shard, n), plan, cfg) for n in changed}
+        grown_bytes += rewrite_shard(header, out / shard, replacements)
+        rewritten.append(shard)
+        del replacements
+    if ckpt.index is not None:
+        index = json.loads(json.dumps(ckpt.index))
+        meta = index.setdefault("metadata", {})
+        grown_rows = (plan.total_rows - rows) * len(names)
+        if "total_size" in meta:
+            meta["total_size"] = int(meta["total_size"]) + grown_bytes
+        if "total_parameters" in meta:
+            meta["total_parameters"] = int(meta["total_parameters"]) + grown_rows * hidden
+        write_json(out / INDEX, index)
+    _set_vocab_size(model_config, plan.total_rows)
+    write_json(out / "config.json", model_config)
+    _copy_extras(src, out)
+    _write_tokenizer(Path(cfg.tokenizer), out, plan, model_config.get("max_position_embeddings", 4096))
+
+    result = ResizeResult(out, plan, tied, names, tuple(rewritten), tuple(linked), tuple(copied),
+                          time.perf_counter() - t0, out / MANIFEST)
+    write_config(out, "resize_embeddings", cfg)
+    inputs = {"model_dir": str(src), "tokenizer": str(cfg.tokenizer), "base_tokenizer": str(base)}
+    write_manifest(out, "resize_embeddings", result.stats, inputs=inputs)
+    log.info("resized %s -> %s: %d -> %d rows (%s)", src, out, rows, plan.total_rows, cfg.init)
+    return result
+
+
+def _matrix_names(ckpt: Checkpoint) -> tuple[str, str | None]:
+    """The input-embedding tensor and, when untied, the LM head tensor."""
+    embeds = [n for n in ckpt.weight_map if n.endswith("embed_tokens.weight")]
+    heads = [n for n in ckpt.weight_map if n.endswith("lm_head.weight")]
+    if len(embeds) != 1 or len(heads) > 1:
+        raise InputError(
+            f"{ckpt.folder}: expected one '*embed_tokens.weight' and at most one '*lm_head.weight' "
+            f"tensor (a Llama-family checkpoint), found {embeds + heads or 'none'}"
+        )
+    return embeds[0], heads[0] if heads else None
+
+
+def _resized(old: Any, plan: RowPlan, cfg: ResizeConfig) -> Any:
+    import torch
+
+    new = torch.empty(plan.total_rows, old.shape[1], dtype=old.dtype)
+    new[: plan.base_rows] = old
+    new[plan.base_rows :] = init_rows(old, plan, cfg.noise_scale, cfg.seed, cfg.chunk_rows)
+    return new
+
+
+def _set_vocab_size(config: dict[str, Any], rows: int) -> None:
+    config["vocab_size"] = rows
+    text = config.get("text_config")
+    if isinstance(text, dict) and "vocab_size" in text:
+        text["vocab_size"] = rows
+
+
+def _copy_extras(src: Path, out: Path) -> None:
+    """Small side files (generation_config.json, README, LICENSE) travel with the weights."""
+    skip = {INDEX, SINGLE, "config.json", MANIFEST, "config.yaml", *TOKENIZER_FILES}
+    for p in sorted(src.iterdir()):
+        if not p.is_file() or p.name.startswith(".") or p.name in skip:
+            continue
+        if any(p.match(g) for g in _STALE):
+            if p.suffix != ".safetensors":
+                log.warning("not copying %s: weights in another format would not match", p.name)
+            continue
+        link_or_copy(p, out / p.name, "copy")
+
+
+def _write_tokenizer(tokenizer: Path, out: Path, plan: RowPlan, max_length: int) -> None:
+    """The expanded tokenizer beside the weights; a bare `.model` gets its Hugging Face files."""
+    model_file = find_sentencepiece_model(tokenizer, "resize_embeddings.tokenizer")
+    folder = tokenizer if tokenizer.is_dir() else None
+    if folder is not None and (folder / "tokenizer.json").is_file():
+        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        ids = [*data.get("model", {}).get("vocab", {}).values()]
+        ids += [t["id"] for t in data.get("added_tokens", [])]
+        if ids and max(ids) >= plan.total_rows:
+            raise TokenizerError(
+                f"{folder / 'tokenizer.json'} has id {max(ids)}, beyond the {plan.total_rows} rows "
+                f"made for {model_file} ({plan.tokenizer_size} pieces); regenerate the tokenizer folder"
+            )
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                link_or_copy(folder / name, out / name, "copy")
+        return
+    # Without tokenizer.json a loader would rebuild one its own way; write the exact one.
+    write_hf_tokenizer(load_proto(model_file), out, model_max_length=max_length)
+
+
+def resize_model_embeddings(
+    model: Any,
+    base_tokenizer: str | Path,
+    expanded_tokenizer: str | Path,
+    init: Init = "subword-mean",
+    pad_to_multiple_of: int = 64,
+    noise_scale: float = 0.0,
+    seed: int = 0,
+    chunk_rows: int = 1024,
+) -> RowPlan:
+    """Resize a live `PreTrainedModel` in place and initialise its new rows; returns the plan.
+
+    transformers' `resize_token_embeddings` replaces the modules and `config.vocab_size`;
+    kovocab then writes the rows after the base, exactly as `resize_embeddings` does.
+    Under DeepSpeed ZeRO-3 (parameters with `ds_id`; model built with ZeRO-3 enabled
+    for transformers) the matrices are gathered, written on rank 0 and re-partitioned.
+    """
+    import torch
+
+    plan = plan_rows(base_tokenizer, expanded_tokenizer, init, pad_to_multiple_of)
+    emb = model.get_input_embeddings()
+    rows = int(getattr(emb.weight, "ds_shape", emb.weight.shape)[0])
+    if rows != plan.base_rows:
+        raise TokenizerError(
+            f"model has {rows} embedding rows but the base tokenizer has {plan.base_rows} pieces; "
+            "give the tokenizer the model was trained with as the base"
+        )
+    model.resize_token_embeddings(plan.total_rows, mean_resizing=False)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    params = [emb.weight]
+    if head is not None and head.weight is not emb.weight:
+        params.append(head.weight)
+    with _gathered(params) as writer, torch.no_grad():
+        if writer:
+            for w in params:
+                old = w.data[: plan.base_rows]
+                w.data[plan.base_rows :] = init_rows(old, plan, noise_scale, seed, chunk_rows)
+    log.info("resized %s in memory: %s", type(model).__name__, plan.stats)
+    return plan
+
+
+@contextmanager
+def _gathered(params: list[Any]) -> Iterator[bool]:
+    """Whole parameters inside the block; yields whether this process writes them."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield True
+        return
+    import deepspeed
+    import torch.distributed as dist
+
+    # modifier_rank=0: rank 0's values are scattered back to every partition on exit.
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        yield not dist.is_initialized() or dist.get_rank() == 0
