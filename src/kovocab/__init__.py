@@ -27,6 +27,12 @@ _API = {
     "expand_vocab": "kovocab.expansion",
     "ExpandVocabConfig": "kovocab.expansion",
     "ExpandResult": "kovocab.expansion",
+    "resize_embeddings": "kovocab.embeddings",
+    "ResizeConfig": "kovocab.embeddings",
+    "ResizeResult": "kovocab.embeddings",
+    "efficiency_report": "kovocab.report",
+    "ReportConfig": "kovocab.report",
+    "ReportResult": "kovocab.report",
 }
 
 __all__ = ["__version__", *_API]

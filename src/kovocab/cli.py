@@ -48,6 +48,85 @@ def _recipe_data(args: argparse.Namespace) -> dict[str, Any]:
 
 # [shard]
 
+
+def _add_shard(sub: Any) -> None:
+    from kovocab.config import describe
+    from kovocab.corpus.options import ShardConfig, SourceConfig
+
+    sources = describe(SourceConfig, "shard.sources").splitlines()[1:]
+    p = sub.add_parser(
+        "shard",
+        help="Korean text files -> cleaned, deduplicated JSONL.gz + Parquet shards",
+        description=(
+            "Read, decode, normalise, filter, dedupe and shard a Korean corpus.\n"
+            "Give INPUT paths (one source) or --recipe corpora/NAME.yaml (section shard:).\n"
+            "A finished run is a no-op; a killed run resumes where it stopped.\n"
+            "Cluster: run --task I --num-tasks N for every I in 0..N-1 (e.g. a SLURM array),\n"
+            "then the same command without --task/--num-tasks to merge."
+        ),
+        epilog=describe(ShardConfig, "shard") + "\n\neach entry of shard.sources:\n" + "\n".join(sources),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or globs (one source)")
+    p.add_argument("--out", help="output folder (shard.out)")
+    p.add_argument("--shards", type=int, help="number of train shards (shard.shards)")
+    p.add_argument("--workers", type=int, default=1, help="processes for phase 1 (default 1)")
+    p.add_argument("--task", type=int, help="run only phase-1 task I of --num-tasks (cluster array job)")
+    p.add_argument("--num-tasks", type=int, help="number of array tasks sharing phase 1")
+    g = p.add_argument_group("INPUT source (when INPUT paths are given)")
+    g.add_argument("--name", default="inputs", help="source name (default: inputs)")
+    g.add_argument("--format", help="auto, txt, jsonl, json, tsv, csv, parquet, arrow")
+    g.add_argument("--field", help="JSON field or table column holding the text (default: text)")
+    g.add_argument("--encoding", help="auto, utf-8, cp949, euc-kr")
+    g.add_argument("--txt-mode", help="line or paragraph")
+    g.add_argument("--use", help="train or eval")
+    _common(p)
+    p.set_defaults(func=_run_shard)
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    import os
+
+    from kovocab.corpus import load_shard_config, shard_corpus, shard_tasks
+    from kovocab.errors import ConfigError
+
+    data = _recipe_data(args)
+    section = dict(data.get("shard") or {})
+    flags = {"format": args.format, "field": args.field, "encoding": args.encoding,
+             "txt_mode": args.txt_mode, "use": args.use}
+    if args.inputs:
+        src = {"name": args.name, "paths": [os.path.abspath(p) for p in args.inputs]}
+        src.update({k: v for k, v in flags.items() if v is not None})
+        section["sources"] = [*(section.get("sources") or []), src]
+    elif any(v is not None for v in flags.values()):
+        raise ConfigError("--format/--field/--encoding/--txt-mode/--use describe INPUT paths; give some")
+    elif not section.get("sources"):
+        raise ConfigError("nothing to read: give INPUT paths or --recipe corpora/NAME.yaml (shard.sources)")
+    if args.out:
+        section["out"] = args.out
+    if args.shards is not None:
+        section["shards"] = args.shards
+    cfg = load_shard_config({**data, "shard": section})
+    if args.task is not None or args.num_tasks is not None:
+        if args.task is None or args.num_tasks is None:
+            raise ConfigError("--task and --num-tasks go together (task I of N, I in 0..N-1)")
+        ran = shard_tasks(cfg, args.task, args.num_tasks, workers=args.workers)
+        print(f"task {args.task}/{args.num_tasks}: ran {ran} phase-1 task(s) into {cfg.out}/.work")
+        print("when every task has finished, run the same command without --task/--num-tasks to merge")
+        return 0
+    res = shard_corpus(cfg, workers=args.workers)
+    state = "already complete, nothing changed" if res.already_done else "written"
+    print(f"shards {state}: {res.out}")
+    print(f"  documents: {res.docs_in} read, {res.kept} kept, {res.dropped} dropped, "
+          f"{res.duplicates} duplicates")
+    for split in ("train", "eval"):
+        paths = res.splits[split]
+        print(f"  {split}: {res.out / (split + '-*-of-' + paths[0].name.split('-of-')[1])} "
+              f"({len(paths)} shard(s), and .parquet)")
+    print(f"  quarantine: {res.quarantine}")
+    print(f"  manifest: {res.manifest}")
+    return 0
+
 # [train-tokenizer / merge-vocab / expand-vocab]
 
 
@@ -186,10 +265,156 @@ _TOKENIZER_COMMANDS = [_add_train_tokenizer, _add_merge_vocab, _add_expand_vocab
 
 # [resize-embeddings]
 
+
+def _add_resize_embeddings(sub: Any) -> None:
+    from kovocab.config import describe
+    from kovocab.embeddings import ResizeConfig
+
+    p = sub.add_parser(
+        "resize-embeddings",
+        help="grow a checkpoint's embeddings and LM head to an expanded tokenizer (mean-initialised)",
+        description=(
+            "Resize the input embeddings and LM head of a Hugging Face Llama checkpoint\n"
+            "(safetensors) to the expanded tokenizer, reading and rewriting only those two\n"
+            "tensors; the other shards are hardlinked. New rows: the mean of the base\n"
+            "tokenizer's split of the piece (subword-mean) or of all rows (mean)."
+        ),
+        epilog=describe(ResizeConfig, "resize_embeddings"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, help="Hugging Face model folder (resize_embeddings.model_dir)")
+    p.add_argument("--tokenizer", type=Path, help="expanded tokenizer folder or tokenizer.model")
+    p.add_argument("--out", type=Path, help="output model folder")
+    p.add_argument("--init", choices=["subword-mean", "mean"])
+    p.add_argument("--base-tokenizer", type=Path, help="default: the model folder's tokenizer.model")
+    p.add_argument("--pad-to-multiple-of", type=int)
+    _common(p)
+    p.set_defaults(func=_run_resize_embeddings)
+
+
+def _run_resize_embeddings(args: argparse.Namespace) -> int:
+    from kovocab.embeddings import ResizeConfig, resize_embeddings_from_config
+
+    cfg = _stage_config(
+        args, ResizeConfig, "resize_embeddings", model_dir=args.model, tokenizer=args.tokenizer,
+        out_dir=args.out, init=args.init, base_tokenizer=args.base_tokenizer,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+    )
+    res = resize_embeddings_from_config(cfg)
+    plan = res.plan
+    print(
+        f"resized model ({plan.base_rows} -> {plan.total_rows} rows: {plan.new_pieces} new pieces, "
+        f"{plan.padding_rows} padding; {plan.init}, {'tied' if res.tied else 'untied'}): {res.out_dir}"
+    )
+    print(f"  shards: {len(res.rewritten)} rewritten, {len(res.linked)} hardlinked, "
+          f"{len(res.copied)} copied; {res.seconds:.1f} s")
+    print(f"  step-0 check: kovocab bpb --model {cfg.model_dir} --model {res.out_dir} --text HELD_OUT.txt")
+    return 0
+
+
+def _add_bpb(sub: Any) -> None:
+    from kovocab.bpb import BpbConfig
+    from kovocab.config import describe
+
+    p = sub.add_parser(
+        "bpb",
+        help="bits per byte of held-out text under (model, tokenizer) pairs: the step-0 check",
+        description=(
+            "Score the same documents under each model with its tokenizer (default: the\n"
+            "model folder's tokenizer.model). Give the base model and the resized one to see\n"
+            "what the new rows cost before training; bits/byte does not depend on the tokenizer."
+        ),
+        epilog=describe(BpbConfig, "bpb"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, action="append", default=[], help="model folder (repeatable)")
+    p.add_argument("--tokenizer", type=Path, action="append", default=[],
+                   help="paired with --model in order; default the model folder's tokenizer.model")
+    p.add_argument("--text", type=Path, action="append", default=[], help=".txt, .jsonl or shard folder")
+    p.add_argument("--max-documents", type=int)
+    p.add_argument("--max-length", type=int, help="window in tokens")
+    p.add_argument("--stride", type=int)
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--out", type=Path, help="JSON file for the figures")
+    _common(p)
+    p.set_defaults(func=_run_bpb)
+
+
+def _run_bpb(args: argparse.Namespace) -> int:
+    from kovocab.bpb import BpbConfig, compare_bits_per_byte
+
+    cfg = _stage_config(
+        args, BpbConfig, "bpb", models=tuple(args.model), tokenizers=tuple(args.tokenizer),
+        texts=tuple(args.text), max_documents=args.max_documents, max_length=args.max_length,
+        stride=args.stride, device=args.device, dtype=args.dtype, out=args.out,
+    )
+    results = compare_bits_per_byte(cfg)
+    first = results[0]
+    print(f"{first.documents} documents, {first.bytes} UTF-8 bytes")
+    print(f"{'bits/byte':>10} {'vs first':>9} {'tokens':>9} {'bits/token':>10}  model + tokenizer")
+    for r in results:
+        delta = r.bits_per_byte - first.bits_per_byte
+        print(f"{r.bits_per_byte:10.4f} {delta:+9.4f} {r.tokens:9d} {r.bits_per_token:10.4f}  "
+              f"{r.model} + {r.tokenizer}")
+    if cfg.out is not None:
+        print(f"figures: {cfg.out}")
+    return 0
+
+
+_EMBEDDING_COMMANDS = [_add_resize_embeddings, _add_bpb]
+
+
 # [report]
 
 
-_COMMANDS: list[Any] = [*_TOKENIZER_COMMANDS]  # _add_<name> functions, in pipeline order
+def _add_report(sub: Any) -> None:
+    from kovocab.config import describe
+    from kovocab.report import ReportConfig
+
+    p = sub.add_parser(
+        "report",
+        help="compare tokenizers on text sets: tokens/sentence, chars/token, fertility, pieces",
+        description=(
+            "Tokenization-efficiency report: every tokenizer on every text set, split into "
+            "Korean, English and mixed lines. Writes report.json, report.md and report.html."
+        ),
+        epilog=describe(ReportConfig, "report"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tokenizer", action="append", default=[], metavar="NAME=PATH",
+                   help=".model, tokenizer.json, tokenizer folder or tiktoken ranks (repeatable)")
+    p.add_argument("--text", action="append", default=[], metavar="NAME=PATH",
+                   help="text/.jsonl/.json/.tsv file (PATH:FIELD for a field or column) or shard folder")
+    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--base", help="tokenizer NAME the others are compared with (default: the first)")
+    p.add_argument("--example", action="append", default=[], metavar="SENTENCE",
+                   help="sentence shown piece by piece (repeatable)")
+    p.add_argument("--max-lines", type=int, help="first N non-empty lines per text set")
+    p.add_argument("--field", help="default JSONL/JSON field or TSV column (default: text)")
+    p.add_argument("--split", choices=["train", "eval"], help="split read from shard folders (default: eval)")
+    _common(p)
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from kovocab.report import ReportConfig, config_from_flags, run_report
+    from kovocab.report_html import render_summary
+
+    cfg = _stage_config(
+        args, ReportConfig, "report", tokenizers=config_from_flags(args.tokenizer, "tokenizer"),
+        texts=config_from_flags(args.text, "text"), out_dir=args.out, base=args.base,
+        examples=tuple(args.example), max_lines=args.max_lines, text_field=args.field,
+        shard_split=args.split,
+    )
+    res = run_report(cfg)
+    print(render_summary(res.figures))
+    print(f"report: {res.report_md}\n        {res.report_html}\n        {res.report_json}")
+    return 0
+
+
+# _add_<name> functions, in pipeline order
+_COMMANDS: list[Any] = [_add_shard, *_TOKENIZER_COMMANDS, *_EMBEDDING_COMMANDS, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -238,7 +239,7 @@ def resolve_path(value: str | Path, base_dir: str | Path | None) -> Path:
     p = Path(value).expanduser()
     if p.is_absolute() or base_dir is None:
         return p
-    return Path(base_dir) / p
+    return Path(os.path.normpath(Path(base_dir) / p))
 
 
 def resolve_paths(cfg: T, base_dir: str | Path | None) -> T:
