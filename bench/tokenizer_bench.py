@@ -35,8 +35,10 @@ LLAMA3_PAT = (
 def korean_eval_texts() -> list[str]:
     """Korean text of the KLUE dev sets and KoBEST dev+test: held out from all training."""
     texts: list[str] = []
-    for name, keys in (("klue-nli-v1.1_dev.json", ("premise", "hypothesis")),
-                       ("klue-sts-v1.1_dev.json", ("sentence1", "sentence2"))):
+    for name, keys in (
+        ("klue-nli-v1.1_dev.json", ("premise", "hypothesis")),
+        ("klue-sts-v1.1_dev.json", ("sentence1", "sentence2")),
+    ):
         for row in json.loads((DATA / "klue" / name).read_text(encoding="utf-8")):
             texts += [row[k] for k in keys]
     for task in ("BoolQ", "COPA", "HellaSwag", "SentiNeg", "WiC"):
@@ -66,11 +68,14 @@ def encoders() -> dict[str, object]:
     return {
         "Llama-2 (32000)": spm.SentencePieceProcessor(model_file=str(LLAMA2)),
         "Mistral v1 (32000)": spm.SentencePieceProcessor(
-            model_file=str(DATA / "tokenizers" / "mistral_v1" / "tokenizer.model.v1")),
+            model_file=str(DATA / "tokenizers" / "mistral_v1" / "tokenizer.model.v1")
+        ),
         "Chinese-LLaMA-2 (55296)": spm.SentencePieceProcessor(
-            model_file=str(DATA / "tokenizers" / "chinese_llama2_expanded" / "tokenizer.model")),
-        "Llama-3 (128256)": tiktoken.Encoding("llama3", pat_str=LLAMA3_PAT, mergeable_ranks=ranks,
-                                              special_tokens={}),
+            model_file=str(DATA / "tokenizers" / "chinese_llama2_expanded" / "tokenizer.model")
+        ),
+        "Llama-3 (128256)": tiktoken.Encoding(
+            "llama3", pat_str=LLAMA3_PAT, mergeable_ranks=ranks, special_tokens={}
+        ),
     }
 
 
@@ -86,8 +91,11 @@ def efficiency(enc: object, texts: list[str]) -> dict[str, float]:
     else:
         n = sum(len(enc.encode(t)) for t in texts)  # type: ignore[attr-defined]
         nbytes = 0
-    return {"chars_per_token": chars / n, "tokens_per_sentence": n / len(texts),
-            "byte_fallback_share": nbytes / n}
+    return {
+        "chars_per_token": chars / n,
+        "tokens_per_sentence": n / len(texts),
+        "byte_fallback_share": nbytes / n,
+    }
 
 
 def throughput(path: Path, texts: list[str], repeat: int = 3) -> float:
@@ -112,10 +120,19 @@ def train_alone(sentences: list[str], out: Path, vocab_size: int) -> float:
     text.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     start = time.perf_counter()
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(out / "alone"), model_type="bpe", vocab_size=vocab_size,
-        character_coverage=0.9995, byte_fallback=True, split_digits=True,
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, input_sentence_size=0, num_threads=2, minloglevel=2,
+        input=str(text),
+        model_prefix=str(out / "alone"),
+        model_type="bpe",
+        vocab_size=vocab_size,
+        character_coverage=0.9995,
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        input_sentence_size=0,
+        num_threads=2,
+        minloglevel=2,
     )
     return time.perf_counter() - start
 
@@ -124,8 +141,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=ROOT / "runs" / "corpus")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-tokenizer")
-    ap.add_argument("--compare-sentences", type=int, default=200_000,
-                    help="sample size for plain vs morpheme-aware (Kiwi runs ~2k sentences/s on 2 cores)")
+    ap.add_argument(
+        "--compare-sentences",
+        type=int,
+        default=200_000,
+        help="sample size for plain vs morpheme-aware (Kiwi runs ~2k sentences/s on 2 cores)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from kovocab.expansion import expand_vocab, korean_vocab_size_for
@@ -136,7 +157,9 @@ def main() -> int:
     if not args.corpus.is_file() and not (args.corpus / "manifest.json").is_file():
         from kovocab.cli import main as cli
 
-        rc = cli(["shard", "--recipe", str(ROOT / "corpora" / "nsmc_novels.yaml"), "--out", str(args.corpus), "-q"])
+        rc = cli(
+            ["shard", "--recipe", str(ROOT / "corpora" / "nsmc_novels.yaml"), "--out", str(args.corpus), "-q"]
+        )
         if rc:
             return rc
     results: dict[str, object] = {}
@@ -152,8 +175,14 @@ def main() -> int:
     small = {}
     for method in ("bpe", "morpheme-bpe"):
         start = time.perf_counter()
-        r = expand_vocab(LLAMA2, args.corpus, out / f"cmp-{method}", method=method,  # type: ignore[arg-type]
-                         max_sentences=args.compare_sentences, report=False)
+        r = expand_vocab(
+            LLAMA2,
+            args.corpus,
+            out / f"cmp-{method}",
+            method=method,  # type: ignore[arg-type]
+            max_sentences=args.compare_sentences,
+            report=False,
+        )
         small[method] = (r, time.perf_counter() - start)
 
     import sentencepiece as spm
@@ -163,9 +192,14 @@ def main() -> int:
     encs["kovocab bpe (46336)"] = spm.SentencePieceProcessor(model_file=str(plain.merge.tokenizer_model))
     for method, (r, _) in small.items():
         encs[f"kovocab {method}, {args.compare_sentences} sent. (46336)"] = spm.SentencePieceProcessor(
-            model_file=str(r.merge.tokenizer_model))
+            model_file=str(r.merge.tokenizer_model)
+        )
     eff = {name: efficiency(enc, texts) for name, enc in encs.items()}
-    results["korean_eval"] = {"sentences": len(texts), "characters": sum(map(len, texts)), "by_tokenizer": eff}
+    results["korean_eval"] = {
+        "sentences": len(texts),
+        "characters": sum(map(len, texts)),
+        "by_tokenizer": eff,
+    }
     results["compare_seconds"] = {m: s for m, (_, s) in small.items()}
 
     ko, en = news("ko"), news("en")
@@ -177,20 +211,28 @@ def main() -> int:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
 
-    print(f"\nexpand_vocab (read shards, sample, train, merge, export): {results['expand_vocab_seconds']:.1f} s; "
-          f"sentencepiece trainer alone on the same {len(sentences)} sentences: "
-          f"{results['sentencepiece_alone_seconds']:.1f} s")
-    print(f"golden sentence: 30 -> {plain.stats['golden_tokens_after']} tokens: {plain.stats['golden_pieces_after']}")
+    print(
+        f"\nexpand_vocab (read shards, sample, train, merge, export): {results['expand_vocab_seconds']:.1f} s; "
+        f"sentencepiece trainer alone on the same {len(sentences)} sentences: "
+        f"{results['sentencepiece_alone_seconds']:.1f} s"
+    )
+    print(
+        f"golden sentence: 30 -> {plain.stats['golden_tokens_after']} tokens: {plain.stats['golden_pieces_after']}"
+    )
     print(f"\nKLUE + KoBEST Korean ({len(texts)} sentences, never trained on):\n")
     print("| tokenizer | chars/token | tokens/sentence | byte-fallback share |")
     print("|---|---:|---:|---:|")
     for name, e in eff.items():
-        print(f"| {name} | {e['chars_per_token']:.3f} | {e['tokens_per_sentence']:.1f} | "
-              f"{e['byte_fallback_share']:.2%} |")
+        print(
+            f"| {name} | {e['chars_per_token']:.3f} | {e['tokens_per_sentence']:.1f} | "
+            f"{e['byte_fallback_share']:.2%} |"
+        )
     print("\nencode throughput, tokenizers batch (MB/s):")
     for lang, d in results["encode_mb_per_s"].items():  # type: ignore[union-attr]
-        print(f"  {lang}: Llama-2 {d['llama2']:.1f}, expanded {d['expanded']:.1f} "
-              f"(ratio {d['expanded'] / d['llama2']:.2f})")
+        print(
+            f"  {lang}: Llama-2 {d['llama2']:.1f}, expanded {d['expanded']:.1f} "
+            f"(ratio {d['expanded'] / d['llama2']:.2f})"
+        )
     for m, s in results["compare_seconds"].items():  # type: ignore[union-attr]
         print(f"  {m} on {args.compare_sentences} sentences: {s:.1f} s end to end")
     return 0
