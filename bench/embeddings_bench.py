@@ -11,8 +11,11 @@
    anonymous RSS (sampled from /proc) are recorded:
    - kovocab: `kovocab resize-embeddings` (subword-mean, pad to 64);
    - transformers: from_pretrained(dtype=bf16) + resize_token_embeddings(46336,
-     mean_resizing=True) + save_pretrained. A memory guard kills it (and says so) when its
-     anonymous memory would exhaust the machine, rather than let the kernel pick a victim.
+     mean_resizing=True) + save_pretrained, stopped after --transformers-timeout s;
+   - transformers_no_mean: the same with mean_resizing=False (load, resize, save only).
+   A memory guard kills a transformers side (and says so) when its anonymous memory would
+   exhaust the machine, rather than let the kernel pick a victim among other users.
+   The cost per row of mean_resizing's MultivariateNormal.sample is measured on its own.
 Writes results.json in --out and prints a Markdown table.
 """
 
@@ -132,7 +135,7 @@ def _mem_available() -> float:
     return 0.0
 
 
-def run_child(argv: list[str], anon_cap_gb: float | None, log: Path) -> dict:
+def run_child(argv: list[str], anon_cap_gb: float | None, log: Path, timeout_s: float | None = None) -> dict:
     """Run one side; wall time, ru_maxrss (from wait4, this child only), peak RssAnon."""
     t0 = time.perf_counter()
     with open(log, "w") as out:
@@ -147,6 +150,9 @@ def run_child(argv: list[str], anon_cap_gb: float | None, log: Path) -> dict:
         peak_anon = max(peak_anon, anon)
         if anon_cap_gb is not None and anon * 1024 / GB > anon_cap_gb and guard is None:
             guard = f"killed by the benchmark's memory guard at {anon * 1024 / GB:.1f} GB anonymous RSS"
+            os.kill(proc.pid, signal.SIGKILL)
+        if timeout_s is not None and time.perf_counter() - t0 > timeout_s and guard is None:
+            guard = f"stopped by the benchmark's time limit ({timeout_s:.0f} s)"
             os.kill(proc.pid, signal.SIGKILL)
         time.sleep(0.1)
     code = os.waitstatus_to_exitcode(status)
@@ -170,11 +176,23 @@ from transformers import AutoModelForCausalLM
 t = time.perf_counter()
 m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
 print(f"from_pretrained {time.perf_counter() - t:.1f} s", flush=True)
-m.resize_token_embeddings(int(sys.argv[3]), mean_resizing=True)
+m.resize_token_embeddings(int(sys.argv[3]), mean_resizing=sys.argv[4] == "mean")
 print(f"resize {time.perf_counter() - t:.1f} s", flush=True)
 m.save_pretrained(sys.argv[2])
 print(f"save_pretrained {time.perf_counter() - t:.1f} s", flush=True)
 """
+
+
+def mvn_rows_per_second(hidden: int, rows: int = 32) -> float:
+    """What transformers' mean_resizing pays per new row: MultivariateNormal(hidden).sample."""
+    import torch
+
+    a = torch.randn(hidden, hidden) / hidden**0.5
+    cov = a @ a.T + 1e-3 * torch.eye(hidden)
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(hidden), covariance_matrix=1e-9 * cov)
+    t0 = time.perf_counter()
+    mvn.sample((rows,))
+    return round(rows / (time.perf_counter() - t0), 2)
 
 
 def check_output(src: Path, out: Path, tokenizer: Path) -> dict:
@@ -211,6 +229,8 @@ def main() -> None:
     ap.add_argument("--max-shard-gb", type=float, default=10.0)
     ap.add_argument("--layers", type=int, default=32, help="fewer layers for a quick trial of the script")
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--transformers-timeout", type=float, default=600.0,
+                    help="seconds before the mean_resizing=True side is stopped")
     ap.add_argument("--clean", action="store_true", help="delete the work folder at the end")
     args = ap.parse_args()
 
@@ -232,23 +252,29 @@ def main() -> None:
     shutil.rmtree(out_k, ignore_errors=True)
 
     if not args.skip_transformers:
+        # Both with the same memory guard; mean_resizing=True under a time limit as well,
+        # because MultivariateNormal.sample runs one 4096x4096 mat-vec per new row on CPU.
         out_t = args.dir / "out-transformers"
-        shutil.rmtree(out_t, ignore_errors=True)
-        cap = max(1.0, _mem_available() - 2.0)
-        results["transformers"] = run_child([sys.executable, "-c", TRANSFORMERS_SIDE, str(ckpt), str(out_t),
-                                             str(TARGET)], cap, args.dir / "transformers.log")
-        results["transformers"]["anon_rss_cap_gb"] = round(cap, 1)
-        shutil.rmtree(out_t, ignore_errors=True)
+        for side, init, limit in (("transformers", "mean", args.transformers_timeout),
+                                  ("transformers_no_mean", "normal", None)):
+            shutil.rmtree(out_t, ignore_errors=True)
+            cap = max(1.0, _mem_available() - 2.0)
+            cmd = [sys.executable, "-c", TRANSFORMERS_SIDE, str(ckpt), str(out_t), str(TARGET), init]
+            results[side] = run_child(cmd, cap, args.dir / f"{side}.log", limit)
+            results[side]["anon_rss_cap_gb"] = round(cap, 1)
+            shutil.rmtree(out_t, ignore_errors=True)
+        results["mvn_sample_rows_per_s"] = mvn_rows_per_second(LLAMA2_7B["hidden_size"])
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print("| side | outcome | wall s | peak RSS GB | peak anon RSS GB |\n|---|---|---:|---:|---:|")
-    for side in ("kovocab", "transformers"):
+    for side in ("kovocab", "transformers", "transformers_no_mean"):
         r = results.get(side)
         if r:
             print(f"| {side} | {r['outcome']} | {r['seconds']} | {r['peak_rss_gb']} "
                   f"| {r['peak_anon_rss_gb']} |")
-    print(json.dumps({k: v for k, v in results.items() if k not in ("kovocab", "transformers")}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if not k.startswith(("kovocab", "transformers"))},
+                     indent=2))
     print(f"results: {args.out / 'results.json'}")
     if args.clean:
         shutil.rmtree(args.dir, ignore_errors=True)

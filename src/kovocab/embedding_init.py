@@ -1,15 +1,16 @@
-"""New embedding rows for an expanded vocabulary: which rows to average, and the averages.
+"""New embedding rows for an expanded vocabulary: plan them, compute them, write a live model.
 
-Inputs: the base and the expanded SentencePiece BPE models (base pieces keep their ids)
-and a matrix's base rows. `subword-mean` gives a new piece the mean of the rows of the
-base tokenizer's split of its text (EEVE, arXiv:2402.14714); `mean` and padding rows
-get the mean of all rows, optionally with noise from their covariance (Hewitt 2021).
+Inputs: base and expanded SentencePiece BPE models (base pieces keep their ids) and a
+matrix's base rows. `subword-mean`: mean of the rows of the base split of the piece (EEVE,
+arXiv:2402.14714); `mean` and padding rows: mean of all rows, optionally noised (Hewitt 2021).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -180,3 +181,58 @@ def _mean_rows(
     gen = torch.Generator(device=old.device).manual_seed(seed)
     z = torch.randn(n, old.shape[1], generator=gen, device=old.device, dtype=torch.float32)
     return mean + z @ chol.T
+
+
+def resize_model_embeddings(
+    model: Any,
+    base_tokenizer: str | Path,
+    expanded_tokenizer: str | Path,
+    init: Init = "subword-mean",
+    pad_to_multiple_of: int = 64,
+    noise_scale: float = 0.0,
+    seed: int = 0,
+    chunk_rows: int = 1024,
+) -> RowPlan:
+    """Resize a live `PreTrainedModel` in place and initialise its new rows; returns the plan.
+
+    transformers' `resize_token_embeddings` replaces the modules and `config.vocab_size`;
+    kovocab then writes the rows after the base, exactly as `resize_embeddings` does.
+    Under DeepSpeed ZeRO-3 (parameters with `ds_id`; model built with ZeRO-3 enabled
+    for transformers) the matrices are gathered, written on rank 0 and re-partitioned.
+    """
+    import torch
+
+    plan = plan_rows(base_tokenizer, expanded_tokenizer, init, pad_to_multiple_of)
+    emb = model.get_input_embeddings()
+    rows = int(getattr(emb.weight, "ds_shape", emb.weight.shape)[0])
+    if rows != plan.base_rows:
+        raise TokenizerError(
+            f"model has {rows} embedding rows but the base tokenizer has {plan.base_rows} pieces; "
+            "give the tokenizer the model was trained with as the base"
+        )
+    model.resize_token_embeddings(plan.total_rows, mean_resizing=False)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    params = [emb.weight]
+    if head is not None and head.weight is not emb.weight:
+        params.append(head.weight)
+    with _gathered(params) as writer, torch.no_grad():
+        if writer:
+            for w in params:
+                old = w.data[: plan.base_rows]
+                w.data[plan.base_rows :] = init_rows(old, plan, noise_scale, seed, chunk_rows)
+    log.info("resized %s in memory: %s", type(model).__name__, plan.stats)
+    return plan
+
+
+@contextmanager
+def _gathered(params: list[Any]) -> Iterator[bool]:
+    """Whole parameters inside the block; yields whether this process writes them."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield True
+        return
+    import deepspeed
+    import torch.distributed as dist
+
+    # modifier_rank=0: rank 0's values are scattered back to every partition on exit.
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        yield not dist.is_initialized() or dist.get_rank() == 0

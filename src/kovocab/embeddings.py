@@ -12,8 +12,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +19,7 @@ from typing import Any, Literal
 from kovocab.artifacts import MANIFEST, write_config, write_json, write_manifest
 from kovocab.config import opt
 from kovocab.embedding_init import Init, RowPlan, init_rows, plan_rows
+from kovocab.embedding_init import resize_model_embeddings as resize_model_embeddings  # the in-memory path
 from kovocab.errors import ConfigError, InputError, TokenizerError
 from kovocab.safetensors_io import (
     INDEX,
@@ -145,8 +144,8 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
     model_config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     ckpt = open_checkpoint(src)
     embed, head = _matrix_names(ckpt)
-    tied = head is None
-    if tied and model_config.get("tie_word_embeddings") is False:
+    tied = head is None or bool(model_config.get("tie_word_embeddings"))
+    if head is None and model_config.get("tie_word_embeddings") is False:
         raise InputError(f"{src}: config.json says tie_word_embeddings: false but there is no lm_head.weight")
 
     base = cfg.base_tokenizer
@@ -166,6 +165,8 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
         )
     names = (embed,) if head is None else (embed, head)
 
+    if out.is_dir() and any(out.iterdir()):
+        log.warning("%s is not empty; files of an earlier run that this one does not write stay", out)
     out.mkdir(parents=True, exist_ok=True)
     rewritten: list[str] = []
     linked: list[str] = []
@@ -266,58 +267,3 @@ def _write_tokenizer(tokenizer: Path, out: Path, plan: RowPlan, max_length: int)
         return
     # Without tokenizer.json a loader would rebuild one its own way; write the exact one.
     write_hf_tokenizer(load_proto(model_file), out, model_max_length=max_length)
-
-
-def resize_model_embeddings(
-    model: Any,
-    base_tokenizer: str | Path,
-    expanded_tokenizer: str | Path,
-    init: Init = "subword-mean",
-    pad_to_multiple_of: int = 64,
-    noise_scale: float = 0.0,
-    seed: int = 0,
-    chunk_rows: int = 1024,
-) -> RowPlan:
-    """Resize a live `PreTrainedModel` in place and initialise its new rows; returns the plan.
-
-    transformers' `resize_token_embeddings` replaces the modules and `config.vocab_size`;
-    kovocab then writes the rows after the base, exactly as `resize_embeddings` does.
-    Under DeepSpeed ZeRO-3 (parameters with `ds_id`; model built with ZeRO-3 enabled
-    for transformers) the matrices are gathered, written on rank 0 and re-partitioned.
-    """
-    import torch
-
-    plan = plan_rows(base_tokenizer, expanded_tokenizer, init, pad_to_multiple_of)
-    emb = model.get_input_embeddings()
-    rows = int(getattr(emb.weight, "ds_shape", emb.weight.shape)[0])
-    if rows != plan.base_rows:
-        raise TokenizerError(
-            f"model has {rows} embedding rows but the base tokenizer has {plan.base_rows} pieces; "
-            "give the tokenizer the model was trained with as the base"
-        )
-    model.resize_token_embeddings(plan.total_rows, mean_resizing=False)
-    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    params = [emb.weight]
-    if head is not None and head.weight is not emb.weight:
-        params.append(head.weight)
-    with _gathered(params) as writer, torch.no_grad():
-        if writer:
-            for w in params:
-                old = w.data[: plan.base_rows]
-                w.data[plan.base_rows :] = init_rows(old, plan, noise_scale, seed, chunk_rows)
-    log.info("resized %s in memory: %s", type(model).__name__, plan.stats)
-    return plan
-
-
-@contextmanager
-def _gathered(params: list[Any]) -> Iterator[bool]:
-    """Whole parameters inside the block; yields whether this process writes them."""
-    if not any(hasattr(p, "ds_id") for p in params):
-        yield True
-        return
-    import deepspeed
-    import torch.distributed as dist
-
-    # modifier_rank=0: rank 0's values are scattered back to every partition on exit.
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-        yield not dist.is_initialized() or dist.get_rank() == 0
