@@ -285,3 +285,26 @@ def test_cli_resize_embeddings(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "init: mean" in (tmp_path / "out" / "config.yaml").read_text()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 32128
     assert main(["resize-embeddings", "--help"]) == 0
+
+
+def test_real_merge_output_golden_sentence(tmp_path: Path) -> None:
+    """The contract with the merge stage: its tokenizer folder in, Korean rows out."""
+    from kovocab.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+    from kovocab.vocab_merge import MergeVocabConfig, merge_vocab
+
+    corpus = (DATA / "konlpy_corpus" / "kolaw" / "constitution.txt",
+              *sorted((DATA / "koconovel" / "text").glob("1*.jsonl")))
+    korean = train_tokenizer(TokenizerTrainingConfig(corpus=corpus, out_dir=tmp_path / "ko", vocab_size=3000))
+    merged = merge_vocab(MergeVocabConfig(base=LLAMA2_MODEL, korean_model=korean.model_path,
+                                          out_dir=tmp_path / "tok", target_vocab_size=33024))
+    base = tiny_llama(tmp_path / "base")
+    res = resize_embeddings(base, merged.out_dir, tmp_path / "out", base_tokenizer=LLAMA2_MODEL)
+    assert res.vocab_size == 33024 and res.plan.padding_rows == 0
+    tok = AutoTokenizer.from_pretrained(res.out_dir)
+    ids = tok(GOLDEN_KO, add_special_tokens=False)["input_ids"]
+    assert len(ids) < 30 and tok.decode(ids) == GOLDEN_KO and any(i >= 32000 for i in ids)
+    old, new, sp = weights(base)[HEAD].double(), weights(res.out_dir)[HEAD], base_split()
+    for i in (i for i in ids if i >= 32000):  # the new pieces of the golden sentence
+        piece = tok.convert_ids_to_tokens(i)
+        want = old[sp.encode(piece.replace("\u2581", " "))].mean(0)
+        torch.testing.assert_close(new[i].double(), want, rtol=1e-5, atol=1e-7)

@@ -171,13 +171,12 @@ def rewrite_shard(src: ShardHeader, dst: str | Path, replacements: Mapping[str, 
     Returns how many bytes the data section grew. Unchanged tensors are copied byte
     for byte from `src`, so they stay bit-identical.
     """
-    dtype_names = {_torch_dtype_name(t) for t in replacements.values()}
     entries = []
     for t in src.tensors:
         new = replacements.get(t.name)
         if new is not None:
             if _torch_dtype_name(new) != t.dtype:
-                raise ValueError(f"{t.name}: replacement is {dtype_names}, shard has {t.dtype}")
+                raise ValueError(f"{t.name}: replacement is {_torch_dtype_name(new)}, shard has {t.dtype}")
             t = replace(t, shape=tuple(new.shape))
         entries.append(t)
     unknown = set(replacements) - {t.name for t in src.tensors}

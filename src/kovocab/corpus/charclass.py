@@ -8,7 +8,6 @@ other letters), so one gather serves normalise and filter. Reference: Unicode L*
 from __future__ import annotations
 
 import functools
-import unicodedata
 
 import numpy as np
 
@@ -32,11 +31,10 @@ PAD = "\x00" * 4  # between texts: wider than any window compared across positio
 @functools.cache
 def _letters() -> np.ndarray:
     table = np.zeros(0x110000, dtype=np.uint8)
-    # Planes 0-1 are scanned with unicodedata (~0.1 s once per process); planes 2-3
-    # hold only CJK ideographs, all letters.
-    for cp in range(0x20000):
-        if unicodedata.category(chr(cp))[0] == "L":
-            table[cp] = LETTER
+    # str.isalpha() is exactly "general category L*"; mapped over planes 0-1 it takes
+    # ~15 ms per process. Planes 2-3 hold only CJK ideographs, all letters.
+    alpha = np.fromiter(map(str.isalpha, map(chr, range(0x20000))), dtype=bool, count=0x20000)
+    table[:0x20000][alpha] = LETTER
     table[0x20000:0x40000] = LETTER
     for lo, hi in HANGUL_RANGES:
         table[lo : hi + 1] = HANGUL
