@@ -33,6 +33,9 @@ _API = {
     "efficiency_report": "kovocab.report",
     "ReportConfig": "kovocab.report",
     "ReportResult": "kovocab.report",
+    # [pretrain]
+    # [eval]
+    # [run]
 }
 
 __all__ = ["__version__", *_API]

@@ -413,8 +413,24 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# [pretrain]  (the pretraining stage adds _add_pretrain/_run_pretrain here)
+
+_PRETRAIN_COMMANDS: list[Any] = []
+
+
+# [eval]  (the evaluation stage adds _add_eval/_run_eval here)
+
+_EVAL_COMMANDS: list[Any] = []
+
+
+# [run]  (the whole-recipe runner adds _add_run/_run_run here)
+
+_RUN_COMMANDS: list[Any] = []
+
+
 # _add_<name> functions, in pipeline order
-_COMMANDS: list[Any] = [_add_shard, *_TOKENIZER_COMMANDS, *_EMBEDDING_COMMANDS, _add_report]
+_COMMANDS: list[Any] = [_add_shard, *_TOKENIZER_COMMANDS, *_EMBEDDING_COMMANDS, *_PRETRAIN_COMMANDS,
+                        _add_report, *_EVAL_COMMANDS, *_RUN_COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
