@@ -20,3 +20,34 @@ def shared_data() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"shared data not found at {DATA}; set KOVOCAB_SHARED_DATA")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def korean_shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A real shard folder (`kovocab shard` output): 50 novels, the Constitution, 1% eval split."""
+    from kovocab.corpus import ShardConfig, shard_corpus
+    from kovocab.corpus.options import SourceConfig
+
+    out = tmp_path_factory.mktemp("korean_shards") / "corpus"
+    cfg = ShardConfig(
+        sources=(
+            SourceConfig(name="koconovel", paths=(str(shared_data / "koconovel" / "text" / "*.text.jsonl"),),
+                         format="jsonl", field="text"),
+            SourceConfig(name="kolaw", paths=(str(shared_data / "konlpy_corpus" / "kolaw" / "constitution.txt"),),
+                         txt_mode="paragraph"),
+        ),
+        out=out, shards=2, eval_permille=20,
+    )
+    shard_corpus(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def expanded_tokenizer(tmp_path_factory: pytest.TempPathFactory, korean_shards: Path) -> Path:
+    """A real kovocab tokenizer folder: Llama-2 + 1,024 Korean pieces learned from `korean_shards`."""
+    from kovocab.expansion import expand_vocab
+
+    out = tmp_path_factory.mktemp("expanded")
+    res = expand_vocab(base=LLAMA2_MODEL, corpus=korean_shards, out_dir=out, target_vocab_size=33024,
+                       report=False)
+    return res.tokenizer_dir
