@@ -23,7 +23,7 @@ def test_tokenizers_folder_does_not_shadow_the_package() -> None:
 
 
 def test_recipe_folders_hold_no_code() -> None:
-    for d in ("corpora", "tokenizers", "pretrain"):
+    for d in ("corpora", "tokenizers", "pretrain", "recipes"):
         assert not list((ROOT / d).rglob("*.py")), f"{d}/ must stay data-only"
 
 

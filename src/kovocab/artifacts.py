@@ -22,6 +22,8 @@ import yaml
 from kovocab.config import to_dict
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 CONFIG = "config.yaml"
 
 
@@ -46,6 +48,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600; outputs on shared filesystems should read like any file.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

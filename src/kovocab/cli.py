@@ -263,6 +263,39 @@ def _run_expand_vocab(args: argparse.Namespace) -> int:
 
 _TOKENIZER_COMMANDS = [_add_train_tokenizer, _add_merge_vocab, _add_expand_vocab]
 
+# [init-model]
+
+
+def _add_init_model(sub: Any) -> None:
+    from kovocab.config import describe
+    from kovocab.model_init import InitModelConfig
+
+    p = sub.add_parser(
+        "init-model",
+        help="build a small Llama from config (random, seeded) with a base tokenizer, for smoke runs",
+        description=(
+            "Write a randomly initialised Hugging Face Llama (safetensors) whose vocabulary is the\n"
+            "base tokenizer's, with that tokenizer beside it: the stand-in for a downloaded Llama\n"
+            "in smoke runs and tests. Real runs start from a real checkpoint instead."
+        ),
+        epilog=describe(InitModelConfig, "init_model"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tokenizer", type=Path, help="base tokenizer.model or a folder holding one")
+    p.add_argument("--out", type=Path, help="output model folder")
+    _common(p)
+    p.set_defaults(func=_run_init_model)
+
+
+def _run_init_model(args: argparse.Namespace) -> int:
+    from kovocab.model_init import InitModelConfig, init_model
+
+    cfg = _stage_config(args, InitModelConfig, "init_model", tokenizer=args.tokenizer, out_dir=args.out)
+    res = init_model(cfg)
+    print(f"model ({res.parameters:,} parameters, vocabulary {res.vocab_size}): {res.out_dir}")
+    return 0
+
+
 # [resize-embeddings]
 
 
@@ -362,7 +395,7 @@ def _run_bpb(args: argparse.Namespace) -> int:
     return 0
 
 
-_EMBEDDING_COMMANDS = [_add_resize_embeddings, _add_bpb]
+_EMBEDDING_COMMANDS = [_add_init_model, _add_resize_embeddings, _add_bpb]
 
 
 # [report]
@@ -423,9 +456,49 @@ _PRETRAIN_COMMANDS: list[Any] = []
 _EVAL_COMMANDS: list[Any] = []
 
 
-# [run]  (the whole-recipe runner adds _add_run/_run_run here)
+# [run]
 
-_RUN_COMMANDS: list[Any] = []
+
+def _add_run(sub: Any) -> None:
+    from kovocab.config import describe
+    from kovocab.run import STAGES, RunConfig
+
+    p = sub.add_parser(
+        "run",
+        help="run a whole recipe: shard -> expand-vocab -> init-model -> resize -> pretrain -> report -> eval",
+        description=(
+            "Run every stage of RECIPE in order, each the same function as its subcommand and\n"
+            "configured by the recipe section of the same name, into one run folder. A stage\n"
+            "whose outputs are complete for the same config and upstream outputs is skipped\n"
+            "(see run.json), so a rerun after a failure continues where it stopped.\n"
+            f"Stages: {', '.join(STAGES)}."
+        ),
+        epilog=describe(RunConfig, "run"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", type=Path, help="recipe YAML with a section per stage (e.g. recipes/tiny_cpu.yaml)")
+    p.add_argument("--out", type=Path, help="run folder (run.out_dir)")
+    p.add_argument("--stages", help="comma-separated subset of stages to run (run.stages)")
+    p.add_argument("--force", action="store_true", default=None, help="re-run complete stages too")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one recipe key (repeatable), value parsed as YAML")
+    _common(p, recipe=False)
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from kovocab.run import run_recipe
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    res = run_recipe(args.recipe, args.overrides, out_dir=args.out, stages=stages, force=args.force)
+    for st in res.stages:
+        state = "complete, skipped" if st.skipped else f"{st.seconds:.1f} s"
+        print(f"  {st.name:<18} {state:<18} {st.out_dir}")
+    print(f"run: {res.out_dir} ({res.run_json.name})")
+    return 0
+
+
+_RUN_COMMANDS: list[Any] = [_add_run]
 
 
 # _add_<name> functions, in pipeline order

@@ -1,0 +1,236 @@
+"""`kovocab run RECIPE.yaml`: every stage of a recipe, in order, into one run folder.
+
+shard → expand_vocab → init_model → resize_embeddings → pretrain → report → eval.
+Each stage is the same function its subcommand calls, built from the recipe section of
+the same name; the runner only fills the paths that connect one stage to the next
+(a key the recipe sets always wins) and skips a stage whose outputs are complete for
+the same resolved config and the same upstream outputs (recorded in `run.json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kovocab.artifacts import read_manifest, write_json
+from kovocab.config import load_section, opt, resolve_path, resolve_paths, to_dict
+from kovocab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SECTION = "run"
+STAGES = ("shard", "expand_vocab", "init_model", "resize_embeddings", "pretrain", "report", "eval")
+RUN_JSON = "run.json"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run folder and which stages run (recipe section `run:`)."""
+
+    out_dir: Path = opt(doc="run folder; each stage writes to a subfolder unless its section names one")
+    stages: tuple[str, ...] = opt(STAGES, "stages to run, in pipeline order; a stage left out must not be "
+                                          "needed, or its section must point at existing outputs")
+    nproc_per_node: int = opt(2, "pretraining processes on this machine (gloo on CPU, NCCL on GPUs)")
+    force: bool = opt(False, "run every stage even when its outputs are complete")
+
+    def check(self) -> list[str]:
+        problems = [f"stages: unknown stage {s!r} (stages: {', '.join(STAGES)})" for s in self.stages
+                    if s not in STAGES]
+        if self.nproc_per_node < 1:
+            problems.append("nproc_per_node: must be 1 or more")
+        return problems
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """One stage of a run: where it wrote, and whether it ran or was already complete."""
+
+    name: str
+    out_dir: Path
+    skipped: bool
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The run folder, `run.json`, and each stage's outcome in order."""
+
+    out_dir: Path
+    run_json: Path
+    stages: tuple[StageOutcome, ...]
+
+    def stage(self, name: str) -> StageOutcome:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """How the runner builds, runs and recognises one stage."""
+
+    name: str
+    build: Callable[[dict[str, Any], dict[str, Any]], Any]  # (recipe, section with wiring) -> config
+    wire: Callable[[Path, dict[str, Any]], dict[str, Any]]  # (run dir, outputs so far) -> default keys
+    call: Callable[[Any, RunConfig], Any]
+    out_dir: Callable[[Any], Path]
+    done_file: Callable[[Any], Path]
+    outputs: Callable[[Any], dict[str, Any]]  # config -> the paths later stages read
+    summary: Callable[[Any], dict[str, Any]] = lambda result: {}
+
+
+def plan_recipe(
+    recipe: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), out_dir: str | Path | None = None,
+    stages: Sequence[str] | None = None, force: bool | None = None,
+) -> list[tuple[str, Any]]:
+    """Every stage the recipe would run, with its resolved config; nothing is run or written.
+
+    This is how recipes for machines we do not have (Llama-2-7B on GPU nodes) are checked.
+    """
+    _, _, plan = _plan(recipe, overrides, out_dir, stages, force)
+    return [(stage.name, cfg) for stage, cfg in plan]
+
+
+def run_recipe(
+    recipe: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), out_dir: str | Path | None = None,
+    stages: Sequence[str] | None = None, force: bool | None = None,
+) -> RunResult:
+    """Run the recipe's stages in order; return each stage's outcome.
+
+    `recipe` is a YAML path (its relative paths are taken from its folder) or an
+    already-read recipe dict; `overrides` are `section.key=value` strings. Every stage
+    config is built (and so checked) before the first stage runs.
+    """
+    cfg, run_dir, plan = _plan(recipe, overrides, out_dir, stages, force)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = _read_state(run_dir)
+    upstream = ""
+    done: list[StageOutcome] = []
+    for stage, stage_cfg in plan:
+        fingerprint = _fingerprint(stage_cfg, upstream)
+        out = stage.out_dir(stage_cfg)
+        prior = state["stages"].get(stage.name, {})
+        skip = (not cfg.force and prior.get("fingerprint") == fingerprint
+                and stage.done_file(stage_cfg).is_file())
+        t0 = time.perf_counter()
+        if skip:
+            log.info("run: %s is complete in %s, skipped", stage.name, out)
+            summary = prior.get("summary", {})
+        else:
+            log.info("run: %s -> %s", stage.name, out)
+            summary = _jsonable(stage.summary(stage.call(stage_cfg, cfg)))
+        seconds = time.perf_counter() - t0
+        state["stages"][stage.name] = {
+            "fingerprint": fingerprint, "out_dir": str(out), "summary": summary,
+            "seconds": prior.get("seconds") if skip else round(seconds, 3),
+        }
+        write_json(run_dir / RUN_JSON, state)
+        done.append(StageOutcome(stage.name, out, skip, seconds, summary))
+        upstream = fingerprint
+    return RunResult(out_dir=run_dir, run_json=run_dir / RUN_JSON, stages=tuple(done))
+
+
+def _plan(
+    recipe: str | Path | Mapping[str, Any], overrides: Sequence[str], out_dir: str | Path | None,
+    stages: Sequence[str] | None, force: bool | None,
+) -> tuple[RunConfig, Path, list[tuple[_Stage, Any]]]:
+    from kovocab.config import apply_overrides, read_recipe
+    from kovocab.run_stages import STAGE_TABLE
+
+    data = read_recipe(recipe) if not isinstance(recipe, Mapping) else dict(recipe)
+    data = apply_overrides(data, overrides)
+    flags: dict[str, Any] = {}
+    if out_dir is not None:
+        flags["out_dir"] = Path(out_dir).absolute()
+    if stages is not None:
+        flags["stages"] = tuple(stages)
+    if force is not None:
+        flags["force"] = force
+    cfg = resolve_paths(load_section(RunConfig, {SECTION: {**(data.get(SECTION) or {}), **flags}}, SECTION),
+                        data.get("_recipe_dir"))
+    wanted = _check_sections(data, cfg)
+    run_dir = Path(cfg.out_dir)
+    # Outputs follow from configs alone, so every stage is built before anything runs.
+    outputs: dict[str, Any] = {}
+    plan: list[tuple[_Stage, Any]] = []
+    problems: list[str] = []
+    for stage in STAGE_TABLE:
+        if stage.name not in wanted:
+            continue
+        section = {**stage.wire(run_dir, outputs), **(data.get(stage.name) or {})}
+        try:
+            stage_cfg = stage.build(data, section)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        outputs[stage.name] = _jsonable(stage.outputs(stage_cfg))
+        plan.append((stage, stage_cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg, run_dir, plan
+
+
+def _check_sections(data: Mapping[str, Any], cfg: RunConfig) -> tuple[str, ...]:
+    """Refuse unknown sections (typos) and return the stages that will run."""
+    known = {SECTION, *STAGES, "tokenizer_training", "vocab_merge"}
+    problems = []
+    for key in data:
+        if key.startswith("_") or key in known:
+            continue
+        import difflib
+
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        problems.append(f"{key}: unknown recipe section" + (f"; did you mean '{close[0]}'?" if close else "")
+                        + f" (sections: {', '.join(sorted(known))})")
+    if problems:
+        raise ConfigError(problems)
+    # Without an init_model section the model is a real checkpoint: resize_embeddings.model_dir.
+    return tuple(s for s in cfg.stages if s != "init_model" or "init_model" in data)
+
+
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_JSON
+    if path.is_file():
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(state, dict) and isinstance(state.get("stages"), dict):
+                return state
+        except ValueError:
+            log.warning("%s is not valid JSON: every stage runs again", path)
+    return {"stages": {}}
+
+
+def _fingerprint(cfg: Any, upstream: str) -> str:
+    """A stage's identity: its resolved config and, through `upstream`, every earlier stage's."""
+    text = json.dumps({"config": to_dict(cfg), "upstream": upstream}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(to_dict(obj), default=str))
+
+
+def stage_section(data: Mapping[str, Any], section: Mapping[str, Any], cls: type, name: str) -> Any:
+    """A stage config from its (wired) section, relative paths taken from the recipe's folder."""
+    cfg = load_section(cls, {name: dict(section)}, name)
+    return resolve_paths(cfg, data.get("_recipe_dir"))
+
+
+def manifest_done(path: Path) -> Path:
+    """The manifest file whose presence marks a finished stage folder."""
+    return Path(path) / "manifest.json"
+
+
+def recipe_path(data: Mapping[str, Any], value: str | Path) -> Path:
+    return resolve_path(value, data.get("_recipe_dir"))
+
+
+__all__ = ["RunConfig", "RunResult", "StageOutcome", "run_recipe", "read_manifest"]

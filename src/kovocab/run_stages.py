@@ -1,0 +1,164 @@
+"""The stage table `kovocab run` walks: for each stage, its config, default wiring and call.
+
+Wiring only names paths: stage N's output folder becomes stage N+1's input unless the
+recipe says otherwise. Every call is the public stage function of the subcommand with
+the same name, so `kovocab run` and the subcommands cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kovocab.run import RunConfig, _Stage, manifest_done, stage_section
+
+
+def _get(outputs: dict[str, Any], stage: str, key: str) -> Any:
+    return (outputs.get(stage) or {}).get(key)
+
+
+def _some(**items: Any) -> dict[str, Any]:
+    """The wiring keys whose upstream value is known (a stage not run leaves its keys to the recipe)."""
+    return {k: v for k, v in items.items() if v is not None}
+
+
+# --- shard ---------------------------------------------------------------------------------
+
+
+def _shard_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+    from kovocab.corpus import load_shard_config
+
+    return load_shard_config({**data, "shard": section})
+
+
+def _shard_call(cfg: Any, run: RunConfig) -> Any:
+    from kovocab.corpus import shard_corpus
+
+    return shard_corpus(cfg)
+
+
+SHARD = _Stage(
+    name="shard", build=_shard_build,
+    wire=lambda run_dir, outputs: {"out": str(run_dir / "corpus")},
+    call=_shard_call, out_dir=lambda cfg: Path(cfg.out), done_file=lambda cfg: manifest_done(cfg.out),
+    outputs=lambda cfg: {"corpus": cfg.out},
+    summary=lambda res: {"read": res.docs_in, "kept": res.kept, "dropped": res.dropped,
+                         "duplicates": res.duplicates},
+)
+
+
+# --- expand_vocab (train-tokenizer + merge-vocab) ------------------------------------------
+
+
+def _expand_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+    from kovocab.expansion import ExpandVocabConfig
+
+    return stage_section(data, section, ExpandVocabConfig, "expand_vocab")
+
+
+def _expand_call(cfg: Any, run: RunConfig) -> Any:
+    from kovocab.expansion import expand_vocab_from_config
+
+    return expand_vocab_from_config(cfg)
+
+
+EXPAND_VOCAB = _Stage(
+    name="expand_vocab", build=_expand_build,
+    wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
+                                        out_dir=str(run_dir / "tokenizer")),
+    call=_expand_call, out_dir=lambda cfg: Path(cfg.out_dir),
+    done_file=lambda cfg: manifest_done(Path(cfg.out_dir) / "tokenizer"),
+    outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base},
+    summary=lambda res: dict(res.stats),
+)
+
+
+def _listed(value: Any) -> list[Any] | None:
+    return None if value is None else [value]
+
+
+# --- init_model (a tiny Llama from config; real runs point resize_embeddings at a checkpoint) ----
+
+
+def _init_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+    from kovocab.model_init import InitModelConfig
+
+    return stage_section(data, section, InitModelConfig, "init_model")
+
+
+def _init_call(cfg: Any, run: RunConfig) -> Any:
+    from kovocab.model_init import init_model
+
+    return init_model(cfg)
+
+
+INIT_MODEL = _Stage(
+    name="init_model", build=_init_build,
+    wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
+                                        tokenizer=_get(outputs, "expand_vocab", "base")),
+    call=_init_call, out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: manifest_done(cfg.out_dir),
+    outputs=lambda cfg: {"model": cfg.out_dir},
+    summary=lambda res: {"parameters": res.parameters, "vocab_size": res.vocab_size},
+)
+
+
+# --- resize_embeddings ---------------------------------------------------------------------
+
+
+def _resize_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+    from kovocab.embeddings import ResizeConfig
+
+    return stage_section(data, section, ResizeConfig, "resize_embeddings")
+
+
+def _resize_call(cfg: Any, run: RunConfig) -> Any:
+    from kovocab.embeddings import resize_embeddings_from_config
+
+    return resize_embeddings_from_config(cfg)
+
+
+RESIZE = _Stage(
+    name="resize_embeddings", build=_resize_build,
+    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
+                                        tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
+                                        out_dir=str(run_dir / "model")),
+    call=_resize_call, out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: manifest_done(cfg.out_dir),
+    outputs=lambda cfg: {"model": cfg.out_dir},
+    summary=lambda res: dict(res.stats),
+)
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def _report_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+    from kovocab.report import ReportConfig
+
+    return stage_section(data, section, ReportConfig, "report")
+
+
+def _report_call(cfg: Any, run: RunConfig) -> Any:
+    from kovocab.report import run_report
+
+    return run_report(cfg)
+
+
+def _report_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
+    base, tokenizer = _get(outputs, "expand_vocab", "base"), _get(outputs, "expand_vocab", "tokenizer")
+    corpus = _get(outputs, "shard", "corpus")
+    wired: dict[str, Any] = {"out_dir": str(run_dir / "report")}
+    if base is not None and tokenizer is not None:
+        wired["tokenizers"] = [{"name": "base", "path": base}, {"name": "kovocab", "path": tokenizer}]
+    if corpus is not None:
+        wired["texts"] = [{"name": "held-out", "path": corpus}]
+    return wired
+
+
+REPORT = _Stage(
+    name="report", build=_report_build, wire=_report_wire, call=_report_call,
+    out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
+    outputs=lambda cfg: {"report": Path(cfg.out_dir) / "report.md"},
+)
+
+
+STAGE_TABLE = (SHARD, EXPAND_VOCAB, INIT_MODEL, RESIZE, REPORT)
