@@ -96,3 +96,20 @@ def test_shipped_recipes_build(recipe: Path) -> None:
 
     plan = plan_recipe(recipe)
     assert plan and all(cfg is not None for _, cfg in plan)
+
+
+def test_from_takes_a_section_from_another_recipe(tmp_path: Path) -> None:
+    """`shard: {from: corpora/...}` reads that file's sources (paths relative to it) into this run."""
+    recipe = tiny_recipe(tmp_path / "run")
+    recipe["shard"] = {"from": str(ROOT / "corpora" / "nsmc_novels.yaml"), "shards": 3}
+    from kovocab.run import plan_recipe
+
+    plan = dict(plan_recipe(recipe))
+    shard = plan["shard"]
+    assert shard.out == tmp_path / "run" / "corpus" and shard.shards == 3
+    nsmc = next(s for s in shard.sources if s.name == "nsmc")
+    assert Path(nsmc.paths[0]) == DATA / "nsmc" / "nsmc_raw_reviews.tsv.xz"
+    assert plan["expand_vocab"].corpus == (tmp_path / "run" / "corpus",)
+    recipe["shard"] = {"from": str(ROOT / "tokenizers" / "llama2_ko_46k.yaml")}
+    with pytest.raises(ConfigError, match="has no 'shard:' section"):
+        plan_recipe(recipe)

@@ -263,3 +263,38 @@ def _resolve_value(value: Any, base_dir: str | Path) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return resolve_paths(value, base_dir)
     return value
+
+
+def absolutize_section(cls: type, raw: Mapping[str, Any], base_dir: str | Path | None) -> dict[str, Any]:
+    """A raw recipe section with its relative Path values taken from `base_dir`.
+
+    For sections moved between recipes (`kovocab run`'s `from:`): once absolute, their
+    paths no longer depend on which file the section was read from.
+    """
+    out = dict(raw)
+    if base_dir is None or not dataclasses.is_dataclass(cls):
+        return out
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in out:
+            out[f.name] = _absolutize_value(hints[f.name], out[f.name], base_dir)
+    return out
+
+
+def _absolutize_value(tp: Any, value: Any, base_dir: str | Path) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            if a is not type(None):
+                value = _absolutize_value(a, value, base_dir)
+        return value
+    if origin is tuple and args:
+        items = [value] if isinstance(value, str | Mapping) else value
+        if isinstance(items, list | tuple):
+            return [_absolutize_value(args[0], v, base_dir) for v in items]
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        return absolutize_section(tp, value, base_dir)  # type: ignore[arg-type]
+    if tp is Path and isinstance(value, str | Path) and str(value):
+        return str(resolve_path(value, base_dir))
+    return value

@@ -78,6 +78,7 @@ class _Stage:
     """How the runner builds, runs and recognises one stage."""
 
     name: str
+    cls: type  # the stage's config class
     build: Callable[[dict[str, Any], dict[str, Any]], Any]  # (recipe, section with wiring) -> config
     wire: Callable[[Path, dict[str, Any]], dict[str, Any]]  # (run dir, outputs so far) -> default keys
     call: Callable[[Any, RunConfig], Any]
@@ -85,6 +86,15 @@ class _Stage:
     done_file: Callable[[Any], Path]
     outputs: Callable[[Any], dict[str, Any]]  # config -> the paths later stages read
     summary: Callable[[Any], dict[str, Any]] = lambda result: {}
+    # (section, folder) -> the section with its relative paths made absolute; default: by cls's types
+    absolutize: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
+
+    def absolute(self, section: Mapping[str, Any], base_dir: Any) -> dict[str, Any]:
+        from kovocab.config import absolutize_section
+
+        if self.absolutize is not None:
+            return self.absolutize(section, base_dir)
+        return absolutize_section(self.cls, section, base_dir)
 
 
 def plan_recipe(
@@ -165,8 +175,8 @@ def _plan(
     for stage in STAGE_TABLE:
         if stage.name not in wanted:
             continue
-        section = {**stage.wire(run_dir, outputs), **(data.get(stage.name) or {})}
         try:
+            section = _section(data, stage, stage.wire(run_dir, outputs))
             stage_cfg = stage.build(data, section)
         except ConfigError as exc:
             problems.extend(exc.problems)
@@ -176,6 +186,27 @@ def _plan(
     if problems:
         raise ConfigError(problems)
     return cfg, run_dir, plan
+
+
+def _section(data: Mapping[str, Any], stage: _Stage, wired: dict[str, Any]) -> dict[str, Any]:
+    """A stage's section: the recipe's keys over the wiring, or, with `from: FILE`, that file's
+    section with the connecting paths re-pointed into this run and the keys beside `from:` on top."""
+    from kovocab.config import read_recipe
+
+    raw = data.get(stage.name) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{stage.name}: expected a mapping of keys (or from: FILE), "
+                          f"got {type(raw).__name__}")
+    if "from" not in raw:
+        return {**wired, **raw}
+    local = {k: v for k, v in raw.items() if k != "from"}
+    source = recipe_path(data, str(raw["from"]))
+    included = read_recipe(source)
+    part = included.get(stage.name)
+    if not isinstance(part, Mapping):
+        raise ConfigError(f"{stage.name}.from: {source} has no '{stage.name}:' section")
+    here = stage.absolute(local, data.get("_recipe_dir"))
+    return {**stage.absolute(part, included.get("_recipe_dir")), **wired, **here}
 
 
 def _check_sections(data: Mapping[str, Any], cfg: RunConfig) -> tuple[str, ...]:
@@ -220,7 +251,7 @@ def _jsonable(obj: Any) -> Any:
 
 def stage_section(data: Mapping[str, Any], section: Mapping[str, Any], cls: type, name: str) -> Any:
     """A stage config from its (wired) section, relative paths taken from the recipe's folder."""
-    cfg = load_section(cls, {name: dict(section)}, name)
+    cfg: Any = load_section(cls, {name: dict(section)}, name)
     return resolve_paths(cfg, data.get("_recipe_dir"))
 
 

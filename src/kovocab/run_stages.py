@@ -7,9 +7,15 @@ the same name, so `kovocab run` and the subcommands cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kovocab.corpus.options import ShardConfig
+from kovocab.embeddings import ResizeConfig
+from kovocab.expansion import ExpandVocabConfig
+from kovocab.model_init import InitModelConfig
+from kovocab.report import ReportConfig
 from kovocab.run import RunConfig, _Stage, manifest_done, stage_section
 
 
@@ -37,8 +43,28 @@ def _shard_call(cfg: Any, run: RunConfig) -> Any:
     return shard_corpus(cfg)
 
 
+def _shard_absolute(section: Mapping[str, Any], base_dir: Any) -> dict[str, Any]:
+    """Source paths are globs (strings), so the type-driven absolutize misses them."""
+    from kovocab.config import absolutize_section, resolve_path
+
+    out = absolutize_section(ShardConfig, section, base_dir)
+    sources = out.get("sources")
+    if isinstance(sources, list | tuple):
+        out["sources"] = [
+            {**src, "paths": [str(resolve_path(p, base_dir)) for p in _as_list(src.get("paths"))]}
+            if isinstance(src, Mapping) and "paths" in src else src
+            for src in sources
+        ]
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 SHARD = _Stage(
-    name="shard", build=_shard_build,
+    name="shard", cls=ShardConfig, build=_shard_build,
+    absolutize=_shard_absolute,
     wire=lambda run_dir, outputs: {"out": str(run_dir / "corpus")},
     call=_shard_call, out_dir=lambda cfg: Path(cfg.out), done_file=lambda cfg: manifest_done(cfg.out),
     outputs=lambda cfg: {"corpus": cfg.out},
@@ -51,8 +77,6 @@ SHARD = _Stage(
 
 
 def _expand_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    from kovocab.expansion import ExpandVocabConfig
-
     return stage_section(data, section, ExpandVocabConfig, "expand_vocab")
 
 
@@ -63,7 +87,7 @@ def _expand_call(cfg: Any, run: RunConfig) -> Any:
 
 
 EXPAND_VOCAB = _Stage(
-    name="expand_vocab", build=_expand_build,
+    name="expand_vocab", cls=ExpandVocabConfig, build=_expand_build,
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
                                         out_dir=str(run_dir / "tokenizer")),
     call=_expand_call, out_dir=lambda cfg: Path(cfg.out_dir),
@@ -81,8 +105,6 @@ def _listed(value: Any) -> list[Any] | None:
 
 
 def _init_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    from kovocab.model_init import InitModelConfig
-
     return stage_section(data, section, InitModelConfig, "init_model")
 
 
@@ -93,7 +115,7 @@ def _init_call(cfg: Any, run: RunConfig) -> Any:
 
 
 INIT_MODEL = _Stage(
-    name="init_model", build=_init_build,
+    name="init_model", cls=InitModelConfig, build=_init_build,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
     call=_init_call, out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: manifest_done(cfg.out_dir),
@@ -106,8 +128,6 @@ INIT_MODEL = _Stage(
 
 
 def _resize_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    from kovocab.embeddings import ResizeConfig
-
     return stage_section(data, section, ResizeConfig, "resize_embeddings")
 
 
@@ -118,11 +138,12 @@ def _resize_call(cfg: Any, run: RunConfig) -> Any:
 
 
 RESIZE = _Stage(
-    name="resize_embeddings", build=_resize_build,
+    name="resize_embeddings", cls=ResizeConfig, build=_resize_build,
     wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
-    call=_resize_call, out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: manifest_done(cfg.out_dir),
+    call=_resize_call, out_dir=lambda cfg: Path(cfg.out_dir),
+    done_file=lambda cfg: manifest_done(cfg.out_dir),
     outputs=lambda cfg: {"model": cfg.out_dir},
     summary=lambda res: dict(res.stats),
 )
@@ -132,8 +153,6 @@ RESIZE = _Stage(
 
 
 def _report_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    from kovocab.report import ReportConfig
-
     return stage_section(data, section, ReportConfig, "report")
 
 
@@ -155,7 +174,7 @@ def _report_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 REPORT = _Stage(
-    name="report", build=_report_build, wire=_report_wire, call=_report_call,
+    name="report", cls=ReportConfig, build=_report_build, wire=_report_wire, call=_report_call,
     out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
     outputs=lambda cfg: {"report": Path(cfg.out_dir) / "report.md"},
 )
