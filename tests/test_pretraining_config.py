@@ -1,0 +1,118 @@
+"""Pretraining config, DeepSpeed JSON filling, the row mask and the schedule: no processes started.
+
+Every recipe in pretrain/ must build and agree with its DeepSpeed JSON, including the
+7B one that is never run here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kovocab.errors import ConfigError
+from kovocab.pretraining.config import PretrainConfig, deepspeed_config
+from kovocab.pretraining.launch import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "pretrain").glob("*.yaml"))
+
+
+def test_pretrain_folder_is_data_only() -> None:
+    assert RECIPES, "pretrain/ has no recipes"
+    assert not list((ROOT / "pretrain").rglob("*.py"))
+    assert {"zero3.json", "hostfile.example", "slurm.sbatch", "README.md"} <= {
+        p.name for p in (ROOT / "pretrain").iterdir()}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_builds_and_agrees_with_its_deepspeed_json(recipe: Path) -> None:
+    cfg = load_recipe(recipe)
+    assert isinstance(cfg, PretrainConfig) and cfg.stages and cfg.deepspeed_config.is_file()
+    assert cfg.deepspeed_config.parent == recipe.parent  # relative paths resolve from the recipe
+    on_gpu = cfg.precision != "fp32"
+    ds = deepspeed_config(cfg, world_size=8, on_gpu=on_gpu)
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["train_batch_size"] == cfg.micro_batch_size * cfg.gradient_accumulation_steps * 8
+    assert ds["bf16"]["enabled"] is on_gpu and ds["gradient_clipping"] == cfg.max_grad_norm
+    assert "auto" not in json.dumps(ds)
+
+
+def test_7b_recipe_is_the_two_stage_eeve_plan() -> None:
+    cfg = load_recipe(ROOT / "pretrain" / "llama2_7b_ko_46k.yaml")
+    assert [s.train for s in cfg.stages] == ["new_embeddings", "all"]
+    assert cfg.precision == "bf16" and cfg.gradient_checkpointing and cfg.peak_flops
+    assert cfg.seq_len == 4096
+
+
+def test_deepspeed_json_values_that_disagree_are_refused(tmp_path: Path) -> None:
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "gradient_clipping": "auto",
+                              "optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}}))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("pretrain:\n  model_dir: m\n  train_data: [d]\n  out_dir: o\n"
+                      "  deepspeed_config: ds.json\n"
+                      "  micro_batch_size: 4\n  stages: [{name: a, steps: 2, lr: 1.0e-3}]\n")
+    with pytest.raises(ConfigError) as err:
+        deepspeed_config(load_recipe(recipe), world_size=2, on_gpu=False)
+    text = str(err.value)
+    assert "train_micro_batch_size_per_gpu is 8 but the recipe gives 4" in text
+    assert "zero_optimization.stage must be 3" in text and "remove 'optimizer'" in text
+
+
+def test_config_problems_are_reported_together(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("pretrain:\n  model_dir: m\n  train_data: [d]\n  out_dir: o\n"
+                      "  deepspeed_config: x.json\n"
+                      "  seq_lenn: 64\n  stages: [{name: a, steps: 2, lr: 1.0e-3, warmup_steps: 5}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(recipe)
+    assert "2 config problems" in str(err.value)
+    assert "pretrain.seq_lenn: unknown key; did you mean 'seq_len'?" in str(err.value)
+    assert "pretrain.stages[0].warmup_steps: must be between 0 and steps (2)" in str(err.value)
+
+
+def test_row_mask_zeroes_old_rows_only() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kovocab.pretraining.masks import mask_old_rows, unmask_rows
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    mask_old_rows(model, 32)
+    ids = torch.randint(0, 40, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        assert w.grad is not None
+        assert torch.count_nonzero(w.grad[:32]) == 0 and torch.count_nonzero(w.grad[32:]) > 0
+    unmask_rows(model)
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert torch.count_nonzero(model.get_output_embeddings().weight.grad[:32]) > 0
+
+
+def test_warmup_cosine_schedule() -> None:
+    from kovocab.pretraining.engine import WarmupCosine
+
+    f = WarmupCosine(steps=10, warmup=2, min_ratio=0.1)
+    assert f(0) == 0.5 and f(1) == 1.0 and f(2) == 1.0
+    assert math.isclose(f(10), 0.1) and all(f(i) >= f(i + 1) for i in range(2, 12))
+
+
+def test_tied_embeddings_and_missing_inputs_are_refused_before_launch(tmp_path: Path) -> None:
+    from kovocab.pretraining.config import StageConfig, check_paths
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": True}))
+    cfg = PretrainConfig(model_dir=model, train_data=(tmp_path / "nope",), out_dir=tmp_path / "out",
+                         stages=(StageConfig(name="a", steps=1, lr=1e-3),),
+                         deepspeed_config=ROOT / "pretrain" / "zero3_cpu.json")
+    with pytest.raises(ConfigError) as err:
+        check_paths(cfg)
+    assert "tie_word_embeddings: true" in str(err.value)
+    assert f"pretrain.train_data: path not found: {tmp_path / 'nope'}" in str(err.value)

@@ -1,0 +1,210 @@
+"""`kovocab pretrain` end to end on CPU: two gloo ranks, DeepSpeed ZeRO-3, a tiny Llama, real Korean text.
+
+A 32,000-row tiny Llama is resized by kovocab to the real expanded tokenizer (33,024 rows,
+so the resize manifest is real), then trained in two stages. One uninterrupted run serves
+most assertions; a second run is SIGKILLed after a checkpoint and resumed, and must
+reproduce the first run's losses exactly. Launches are shared to stay within time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kovocab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = "[{name: s1, train: new_embeddings, steps: 4, lr: 2.0e-2, warmup_steps: 1}, " \
+         "{name: s2, train: all, steps: 4, lr: 1.0e-2, embedding_lr: 2.0e-2, warmup_steps: 1}]"
+TOTAL = 8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, expanded_tokenizer: Path, korean_shards: Path,
+          shared_data: Path) -> dict[str, Any]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kovocab.embeddings import resize_embeddings
+
+    root = tmp_path_factory.mktemp("pretrain")
+    torch.manual_seed(0)
+    base = root / "base"
+    LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=False)).save_pretrained(base)
+    (base / "tokenizer.model").write_bytes((shared_data / "llama2_tokenizer/tokenizer.model").read_bytes())
+    resized = resize_embeddings(base, expanded_tokenizer, root / "resized").out_dir
+    with tarfile.open(shared_data / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".en"))
+        lines = tar.extractfile(member).read().decode("utf-8").splitlines()[:64]  # type: ignore[union-attr]
+    english = root / "english.txt"
+    english.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe = root / "tiny.yaml"
+    recipe.write_text((ROOT / "pretrain" / "tiny_cpu.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    common = [f"pretrain.model_dir={resized}", f"pretrain.train_data=[{korean_shards}]",
+              f"pretrain.eval_korean=[{korean_shards}]", f"pretrain.eval_english=[{english}]",
+              f"pretrain.deepspeed_config={ROOT / 'pretrain' / 'zero3_cpu.json'}",
+              f"pretrain.token_store_dir={root / 'tokens'}", "pretrain.max_documents=2000",
+              "pretrain.checkpoint_every=3", "pretrain.keep_checkpoints=3", "pretrain.eval_every=6",
+              "pretrain.eval_max_documents=16", f"pretrain.stages={STAGES}"]
+    return {"root": root, "resized": resized, "recipe": recipe, "common": common}
+
+
+def argv(setup: dict[str, Any], out: Path, *extra: str, nproc: int = 2) -> list[str]:
+    sets = [a for kv in [*setup["common"], f"pretrain.out_dir={out}", *extra] for a in ("--set", kv)]
+    return ["pretrain", "--config", str(setup["recipe"]), "--nproc-per-node", str(nproc), *sets]
+
+
+def metrics(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(setup: dict[str, Any]) -> Path:
+    out = setup["root"] / "a"
+    assert main(argv(setup, out)) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_run_trains_partitions_and_reports(full_run: Path) -> None:
+    rows = metrics(full_run)
+    assert [r["step"] for r in rows] == list(range(1, TOTAL + 1))
+    assert [r["stage"] for r in rows] == ["s1"] * 4 + ["s2"] * 4
+    losses = [r["loss"] for r in rows]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:2]) / 2 - 0.2, losses
+    assert all(r["mfu"] is None and r["tokens_per_s"] > 0 and math.isfinite(r["grad_norm"]) for r in rows)
+    assert rows[0]["tokens"] == 128 * 4 * 2 and rows[-1]["tokens"] == TOTAL * 128 * 4 * 2
+    assert rows[4]["lr"] == 1.0e-2 and rows[4]["embedding_lr"] == 2.0e-2  # stage 2 starts at its peak
+    for r in (rows[5], rows[-1]):  # eval_every 6, and at the end
+        assert 0 < r["bpb_ko"] < 20 and 0 < r["bpb_en"] < 20
+    assert rows[-1]["bpb_ko"] < rows[5]["bpb_ko"]
+    assert "bpb_ko" not in rows[4] and "bpb_ko" not in rows[6]
+    # ZeRO-3 really partitions: every tensor is split in two, each rank holds its half.
+    parts = json.loads((full_run / "zero3_partitions.json").read_text())
+    assert parts["world_size"] == 2 and len(parts["tensors"]) == 2 + 2 * 9 + 1
+    for name, t in parts["tensors"].items():
+        assert t["held"] == [math.ceil(t["numel"] / 2)] * 2, name
+    assert parts["tensors"]["model.embed_tokens.weight"]["numel"] == 33024 * 64
+    ds = json.loads((full_run / "ds_config.json").read_text())
+    assert ds["train_batch_size"] == 8 and ds["bf16"]["enabled"] is False
+
+
+@pytest.mark.slow
+def test_stage_one_moves_only_new_rows(full_run: Path, setup: dict[str, Any]) -> None:
+    from safetensors.torch import load_file
+
+    before = load_file(setup["resized"] / "model.safetensors")
+    s1 = load_file(full_run / "stages" / "s1" / "model.safetensors")
+    s2 = load_file(full_run / "stages" / "s2" / "model.safetensors")
+    assert set(before) == set(s1) == set(s2)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert torch_equal(s1[name][:32000], before[name][:32000]), name  # bit-identical
+        changed = (s1[name][32000:] != before[name][32000:]).any(dim=1)
+        assert changed.sum() > 100, name
+        assert not torch_equal(s2[name][:32000], before[name][:32000])  # stage 2 trains them
+    body = [n for n in before if "embed_tokens" not in n and "lm_head" not in n]
+    assert all(torch_equal(s1[n], before[n]) for n in body)
+    assert not all(torch_equal(s2[n], before[n]) for n in body)
+
+
+def torch_equal(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+@pytest.mark.slow
+def test_export_loads_with_auto_classes_and_generates(full_run: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = full_run / "hf"
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    tok = AutoTokenizer.from_pretrained(hf)
+    assert model.config.vocab_size == 33024 and len(tok) == 33024
+    last = load_file(full_run / "stages" / "s2" / "model.safetensors")
+    assert all(torch.equal(p.detach(), last[n]) for n, p in model.named_parameters())
+    ids = tok("안녕하세요, 오늘은", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 5)
+    manifest = json.loads((hf / "manifest.json").read_text())
+    assert manifest["stage"] == "pretrain" and "model.safetensors" in manifest["files"]
+    result = json.loads((full_run / "result.json").read_text())
+    assert result["steps"] == TOTAL and result["resumed_from"] is None
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(full_run: Path, setup: dict[str, Any]) -> None:
+    out = setup["root"] / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "kovocab", *argv(setup, out)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 150
+    while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher's group; the ranks die with their parent
+    proc.wait()
+    assert latest.read_text().strip() == "step-00000003"
+    for _ in range(100):
+        if not _pids_mentioning(str(out / "launch.yaml")):
+            break
+        time.sleep(0.1)
+    assert not _pids_mentioning(str(out / "launch.yaml")), "ranks outlived the killed launcher"
+    assert not (out / "hf").exists()
+
+    assert main([*argv(setup, out), "--resume"]) == 0
+    resumed, reference = metrics(out), metrics(full_run)
+    assert [r["step"] for r in resumed] == list(range(1, TOTAL + 1))
+    keys = ("step", "stage", "loss", "grad_norm", "lr", "tokens")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in reference]
+    assert resumed[-1]["bpb_ko"] == reference[-1]["bpb_ko"]
+    assert json.loads((out / "result.json").read_text())["resumed_from"] == 3
+
+
+@pytest.mark.slow
+def test_nan_guard_stops_with_a_clear_message(setup: dict[str, Any], tmp_path: Path) -> None:
+    args = argv(setup, tmp_path / "nan", "pretrain.stages=[{name: boom, train: all, steps: 4, lr: 1.0e+30}]",
+                "pretrain.eval_every=0", "pretrain.export_stages=false", nproc=1)
+    res = subprocess.run([sys.executable, "-m", "kovocab", *args], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "kovocab: error: pretrain: training diverged at step 2 (stage 'boom')" in res.stderr
+    assert "Lower stages.boom.lr" in res.stderr
+    assert not (tmp_path / "nan" / "hf").exists()
+
+
+def test_config_typo_and_missing_model_are_clear_errors(setup: dict[str, Any], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv(setup, tmp_path / "x", "pretrain.seq_lenn=64")]) == 1
+    err = capsys.readouterr().err
+    assert "kovocab: error: pretrain.seq_lenn: unknown key; did you mean 'seq_len'?" in err
+    assert main([*argv(setup, tmp_path / "x", f"pretrain.model_dir={tmp_path / 'nope'}")]) == 1
+    err = capsys.readouterr().err
+    assert f"kovocab: error: pretrain.model_dir: no Hugging Face model at {tmp_path / 'nope'}" in err
+    assert not (tmp_path / "x").exists()
