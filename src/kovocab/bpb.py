@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kovocab.config import opt
-from kovocab.errors import InputError, TokenizerError
-from kovocab.vocab_merge import find_sentencepiece_model
+from kovocab.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class BpbResult:
                 "bits_per_byte": self.bits_per_byte, "bits_per_token": self.bits_per_token}
 
 
-def read_documents(paths: Sequence[Path], limit: int) -> list[str]:
+def read_documents(paths: Sequence[Path], limit: int, what: str = "bpb.texts") -> list[str]:
     """Up to `limit` non-empty documents, in order; shard folders give their eval split."""
     from kovocab.tokenizer_training import iter_corpus_texts
 
@@ -96,7 +95,7 @@ def read_documents(paths: Sequence[Path], limit: int) -> list[str]:
             if len(out) == limit:
                 break
     if not out:
-        raise InputError(f"bpb.texts: no non-empty documents in {', '.join(map(str, paths))}")
+        raise InputError(f"{what}: no non-empty documents in {', '.join(map(str, paths))}")
     return out
 
 
@@ -126,77 +125,15 @@ def bits_per_byte(
     device: str = "auto",
 ) -> BpbResult:
     """Total NLL of `documents` (each starting after BOS) under the model, per UTF-8 byte."""
-    import sentencepiece as spm
-    import torch
-    from transformers import AutoModelForCausalLM
+    from kovocab.evaluation.scoring import document_nll, load_scorer
 
-    if not Path(model_dir).is_dir():
-        raise InputError(f"bpb.models: folder not found: {model_dir}")
-    tok_path = find_sentencepiece_model(tokenizer, "bpb.tokenizers")
-    sp = spm.SentencePieceProcessor(model_file=str(tok_path))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
-    model = model.to(device).eval()
-    rows = model.get_output_embeddings().weight.shape[0]
-    if sp.get_piece_size() > rows:
-        raise TokenizerError(
-            f"{tok_path} has {sp.get_piece_size()} pieces but {model_dir} has {rows} output rows; "
-            "pair the resized model with the expanded tokenizer and the base model with the base one"
-        )
-    window = max_length or int(getattr(model.config, "max_position_embeddings", 2048))
-    step = stride or max(1, window // 2)
-    if step >= window:
-        raise InputError(f"bpb.stride: {step} must be smaller than the window ({window})")
-    bos = [sp.bos_id()] if sp.bos_id() >= 0 else []
-    seqs = [bos + ids for ids in sp.encode(list(documents))]
-    nats, tokens = 0.0, 0
-    with torch.inference_mode():
-        short = sorted((s for s in seqs if len(s) <= window), key=len)
-        for i in range(0, len(short), batch_size):
-            n, t = _score_batch(model, short[i : i + batch_size], device)
-            nats, tokens = nats + n, tokens + t
-        for s in (s for s in seqs if len(s) > window):
-            n, t = _score_long(model, s, window, step, device)
-            nats, tokens = nats + n, tokens + t
+    scorer = load_scorer(model_dir, tokenizer, dtype, device, max_length, what="bpb.models")
+    try:
+        nats, tokens = document_nll(scorer, documents, stride, batch_size)
+    except InputError as exc:
+        raise InputError(f"bpb.{exc}") from None
     nbytes = sum(len(d.encode("utf-8")) for d in documents)
-    res = BpbResult(Path(model_dir), tok_path, len(documents), nbytes, tokens, nats / math.log(2))
-    log.info("%s + %s: %.4f bits/byte over %d bytes, %d tokens", model_dir, tok_path.name,
+    res = BpbResult(Path(model_dir), scorer.tokenizer, len(documents), nbytes, tokens, nats / math.log(2))
+    log.info("%s + %s: %.4f bits/byte over %d bytes, %d tokens", model_dir, scorer.tokenizer.name,
              res.bits_per_byte, nbytes, tokens)
     return res
-
-
-def _score_batch(model: Any, seqs: list[list[int]], device: str) -> tuple[float, int]:
-    """NLL (nats) and count of every token after the first, right-padded into one batch."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for k, s in enumerate(seqs):
-        ids[k, : len(s)] = torch.tensor(s)
-        mask[k, : len(s)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    labels = ids.masked_fill(mask == 0, -100)[:, 1:].to(device)
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="sum")
-    return float(nll), int((labels != -100).sum())
-
-
-def _score_long(model: Any, seq: list[int], window: int, step: int, device: str) -> tuple[float, int]:
-    """Sliding window: each token is scored once, with up to `window - 1` tokens of context."""
-    import torch
-
-    nats, scored_to = 0.0, 1  # position 0 (BOS) is context only
-    begin = 0
-    while scored_to < len(seq):
-        end = min(begin + window, len(seq))
-        ids = torch.tensor([seq[begin:end]], device=device)
-        logits = model(input_ids=ids).logits[0].float()
-        # position p is predicted by the logits at p - 1; score only what earlier windows did not
-        first = scored_to - begin
-        targets = ids[0, first:]
-        nats += float(torch.nn.functional.cross_entropy(logits[first - 1 : -1], targets, reduction="sum"))
-        scored_to = end
-        begin += step
-    return nats, len(seq) - 1
