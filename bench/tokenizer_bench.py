@@ -212,12 +212,14 @@ def main() -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
 
     print(
-        f"\nexpand_vocab (read shards, sample, train, merge, export): {results['expand_vocab_seconds']:.1f} s; "
+        "\nexpand_vocab (read shards, sample, train, merge, export): "
+        f"{results['expand_vocab_seconds']:.1f} s; "
         f"sentencepiece trainer alone on the same {len(sentences)} sentences: "
         f"{results['sentencepiece_alone_seconds']:.1f} s"
     )
     print(
-        f"golden sentence: 30 -> {plain.stats['golden_tokens_after']} tokens: {plain.stats['golden_pieces_after']}"
+        f"golden sentence: 30 -> {plain.stats['golden_tokens_after']} tokens: "
+        f"{plain.stats['golden_pieces_after']}"
     )
     print(f"\nKLUE + KoBEST Korean ({len(texts)} sentences, never trained on):\n")
     print("| tokenizer | chars/token | tokens/sentence | byte-fallback share |")

@@ -33,8 +33,8 @@ def korean_shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -
         sources=(
             SourceConfig(name="koconovel", paths=(str(shared_data / "koconovel" / "text" / "*.text.jsonl"),),
                          format="jsonl", field="text"),
-            SourceConfig(name="kolaw", paths=(str(shared_data / "konlpy_corpus" / "kolaw" / "constitution.txt"),),
-                         txt_mode="paragraph"),
+            SourceConfig(name="kolaw", txt_mode="paragraph",
+                         paths=(str(shared_data / "konlpy_corpus" / "kolaw" / "constitution.txt"),)),
         ),
         out=out, shards=2, eval_permille=20,
     )

@@ -35,7 +35,16 @@ def tiny_recipe(out: Path) -> dict[str, Any]:
         "init_model": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128},
         "resize_embeddings": {"init": "subword-mean"},
+        "pretrain": {
+            "deepspeed_config": str(ROOT / "pretrain" / "zero3_cpu.json"),
+            "max_documents": 400, "seq_len": 64, "micro_batch_size": 2, "precision": "fp32",
+            "checkpoint_every": 0, "eval_every": 0,
+            "stages": [{"name": "embeddings-only", "train": "new_embeddings", "steps": 3, "lr": 1e-2},
+                       {"name": "all", "train": "all", "steps": 3, "lr": 1e-3}],
+        },
         "report": {"max_lines": 500},
+        "eval": {"kobest_dir": str(DATA / "kobest"), "tasks": ["copa", "boolq"], "max_examples_per_task": 8,
+                 "max_documents": 20},
     }
 
 
@@ -44,31 +53,44 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     return path
 
 
-def test_run_first_stages_then_skip_and_rerun_downstream(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_run_every_stage_then_skip_and_rerun_downstream(tmp_path: Path) -> None:
+    """The end-to-end test: `kovocab run` through all seven stages, ZeRO-3 on two CPU ranks."""
     run_dir = tmp_path / "run"
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(run_dir))
-    stages = "shard,expand_vocab,init_model,resize_embeddings,report"
-    assert main(["run", str(recipe), "--stages", stages, "-q"]) == 0
+    assert main(["run", str(recipe), "-q"]) == 0
     state = json.loads((run_dir / "run.json").read_text())
-    assert sorted(state["stages"]) == sorted(stages.split(","))
-    assert state["stages"]["expand_vocab"]["summary"]["golden_tokens_before"] == 30
-    assert state["stages"]["expand_vocab"]["summary"]["vocab_size"] == 33024
+    assert sorted(state["stages"]) == sorted(STAGES)
+    assert all(s["status"] == "complete" for s in state["stages"].values())
+    expand = state["stages"]["expand_vocab"]["summary"]
+    assert expand["golden_tokens_before"] == 30 and expand["vocab_size"] == 33024
+    assert expand["korean_tokens_per_sentence_after"] < expand["korean_tokens_per_sentence_before"]
     from safetensors import safe_open
 
     with safe_open(str(run_dir / "model" / "model.safetensors"), "pt") as f:
         assert f.get_slice("model.embed_tokens.weight").get_shape() == [33024, 32]
+    # pretrain: both stages ran on the resized model, and the export is a loadable checkpoint.
+    metrics = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in metrics if "loss" in m] == ["embeddings-only"] * 3 + ["all"] * 3
+    assert state["stages"]["pretrain"]["summary"]["steps"] == 6
+    with safe_open(str(run_dir / "pretrain" / "hf" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("lm_head.weight").get_shape() == [33024, 32]
     report = json.loads((run_dir / "report" / "report.json").read_text())
-    assert "kovocab" in json.dumps(report) and "base" in json.dumps(report)
+    assert {"base", "kovocab"} <= set(report["tokenizers"])
+    # eval: the resized model (step 0) and the pretrained one, side by side.
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert json.dumps(ev).count("pretrained") >= 1 and json.dumps(ev).count("resized") >= 1
+    assert "copa" in (run_dir / "eval" / "eval.md").read_text().lower()
 
-    # Second run: everything is complete and skipped, nothing rewritten.
+    # Second run: every stage is complete and skipped, nothing rewritten.
     mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "run.json"}
-    res = run_recipe(recipe, stages=stages.split(","))
+    res = run_recipe(recipe)
     assert all(s.skipped for s in res.stages)
     assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}
 
-    # A changed init_model runs init_model and every later stage again, not the earlier ones.
-    res = run_recipe(recipe, ["init_model.seed=1"], stages=stages.split(","))
-    assert [s.name for s in res.stages if not s.skipped] == ["init_model", "resize_embeddings", "report"]
+    # A changed report runs report and the stages after it again, not the earlier ones.
+    res = run_recipe(recipe, ["report.max_lines=300"])
+    assert [s.name for s in res.stages if not s.skipped] == ["report", "eval"]
 
 
 def test_run_reports_recipe_mistakes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,8 @@
 The pipeline, one function per stage (see the README):
 shard a Korean corpus, train Korean BPE pieces, merge them into the base
 SentencePiece vocabulary (`expand_vocab`), resize embeddings, continue
-pretraining, and report tokenization efficiency.
+pretraining (`launch_pretrain`), report tokenization efficiency and evaluate;
+`run_recipe` runs a whole recipe.
 
 Heavy imports (torch, transformers, deepspeed) happen inside the stage functions,
 so `import kovocab` and `kovocab --help` stay fast.
@@ -33,9 +34,20 @@ _API = {
     "efficiency_report": "kovocab.report",
     "ReportConfig": "kovocab.report",
     "ReportResult": "kovocab.report",
-    # [pretrain]
-    # [eval]
-    # [run]
+    "pretrain": "kovocab.pretraining.loop",
+    "launch_pretrain": "kovocab.pretraining.launch",
+    "PretrainConfig": "kovocab.pretraining.config",
+    "StageConfig": "kovocab.pretraining.config",
+    "PretrainResult": "kovocab.pretraining.loop",
+    "evaluate": "kovocab.evaluation",
+    "EvalConfig": "kovocab.evaluation",
+    "EvalResult": "kovocab.evaluation",
+    "init_model": "kovocab.model_init",
+    "InitModelConfig": "kovocab.model_init",
+    "run_recipe": "kovocab.run",
+    "plan_recipe": "kovocab.run",
+    "RunConfig": "kovocab.run",
+    "RunResult": "kovocab.run",
 }
 
 __all__ = ["__version__", *_API]

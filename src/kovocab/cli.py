@@ -446,14 +446,131 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# [pretrain]  (the pretraining stage adds _add_pretrain/_run_pretrain here)
-
-_PRETRAIN_COMMANDS: list[Any] = []
+# [pretrain]
 
 
-# [eval]  (the evaluation stage adds _add_eval/_run_eval here)
+def _add_pretrain(sub: Any) -> None:
+    from kovocab.config import describe
+    from kovocab.pretraining.config import PretrainConfig, StageConfig
 
-_EVAL_COMMANDS: list[Any] = []
+    stages = describe(StageConfig, "pretrain.stages").splitlines()[1:]
+    p = sub.add_parser(
+        "pretrain",
+        help="continued pretraining of the resized model under DeepSpeed ZeRO-3, in stages",
+        description=(
+            "Train the resized checkpoint in the recipe's stages (e.g. new embedding rows, then all)\n"
+            "under the DeepSpeed ZeRO-3 JSON it names; export a Hugging Face checkpoint at the end.\n"
+            "One node: --nproc-per-node N (re-launches through torch.distributed.run), or start it\n"
+            "under torchrun / `deepspeed --module kovocab` / srun; see pretrain/README.md."
+        ),
+        epilog=describe(PretrainConfig, "pretrain") + "\n\neach entry of pretrain.stages:\n"
+        + "\n".join(stages),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", dest="recipe", type=Path, help="pretrain/NAME.yaml (same as --recipe)")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="processes on this node without a launcher")
+    p.add_argument("--prepare-data-only", action="store_true",
+                   help="build (or reuse) the token stores and exit (run once before a multi-node job)")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    _common(p)
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    import os
+
+    from kovocab.errors import ConfigError
+    from kovocab.pretraining.config import load_pretrain_config
+    from kovocab.pretraining.launch import LAUNCHED, launch_pretrain
+
+    if not args.recipe:
+        raise ConfigError("pretrain: give --config pretrain/NAME.yaml (section pretrain:)")
+    cfg = load_pretrain_config(_recipe_data(args))
+    if args.prepare_data_only:
+        from kovocab.pretraining.config import check_paths
+        from kovocab.pretraining.launch import prepare_data
+
+        check_paths(cfg)
+        train, _ = prepare_data(cfg)
+        print(f"token store ({train.num_documents} documents, {train.num_tokens} tokens): {cfg.store_dir}")
+        return 0
+    res = launch_pretrain(cfg, args.nproc_per_node, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0 and LAUNCHED not in os.environ:
+        loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
+        print(f"pretrained {res.steps} steps (final loss {loss}): {res.export_dir}")
+        print(f"  metrics: {res.metrics}\n  checkpoints: {res.checkpoints}")
+    return 0
+
+
+_PRETRAIN_COMMANDS: list[Any] = [_add_pretrain]
+
+
+# [eval]
+
+
+def _add_eval(sub: Any) -> None:
+    from kovocab.config import describe
+    from kovocab.evaluation import EvalConfig
+
+    p = sub.add_parser(
+        "eval",
+        help="judge checkpoints: bits per byte on text sets + KoBEST (0/5/10/50-shot), side by side",
+        description=(
+            "Score one model, or several compared with the first (base vs adapted), on held-out\n"
+            "text (bits per byte) and KoBEST BoolQ/COPA/HellaSwag/SentiNeg/WiC with\n"
+            "lm-evaluation-harness's prompts and metrics (acc, macro-F1), from local TSVs.\n"
+            "Writes eval.json, eval.md (tables like the Llama-2-Ko card) and items.jsonl."
+        ),
+        epilog=describe(EvalConfig, "eval"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, action="append", default=[], help="model folder (repeatable)")
+    p.add_argument("--name", action="append", default=[], help="column name per --model (repeatable)")
+    p.add_argument("--tokenizer", type=Path, action="append", default=[],
+                   help="paired with --model in order; default the model folder's tokenizer.model")
+    p.add_argument("--text", action="append", default=[], metavar="NAME=PATH",
+                   help="held-out text for bits per byte: .txt, .jsonl or shard folder (repeatable)")
+    p.add_argument("--kobest-dir", type=Path, help="folder with the KoBEST task folders")
+    p.add_argument("--tasks", help="comma-separated KoBEST tasks, or 'none' (default: all five)")
+    p.add_argument("--shots", help="comma-separated few-shot counts, e.g. 0,5,10,50 (default: 0)")
+    p.add_argument("--split", choices=["test", "dev"], help="KoBEST split scored (default: test)")
+    p.add_argument("--limit", type=int, help="first N items per task (eval.max_examples_per_task)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--out", type=Path, help="output folder")
+    _common(p)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from kovocab.evaluation import EvalConfig, evaluate
+    from kovocab.report import config_from_flags
+
+    def split(value: str | None) -> list[str] | None:  # a list, so that [] ("none") is not skipped
+        if value is None:
+            return None
+        return [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+
+    shots = split(args.shots)
+    cfg = _stage_config(
+        args, EvalConfig, "eval", models=tuple(args.model), names=tuple(args.name),
+        tokenizers=tuple(args.tokenizer), bpb_texts=config_from_flags(args.text, "text"),
+        kobest_dir=args.kobest_dir, tasks=split(args.tasks), max_examples_per_task=args.limit,
+        shots=None if shots is None else [int(s) if s.isdigit() else s for s in shots],
+        kobest_split=args.split, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        out_dir=args.out,
+    )
+    res = evaluate(cfg)
+    from kovocab.evaluation.tables import render_summary
+
+    print(render_summary(res.figures))
+    print(f"eval: {res.eval_md}\n      {res.eval_json}")
+    return 0
+
+
+_EVAL_COMMANDS: list[Any] = [_add_eval]
 
 
 # [run]
@@ -465,7 +582,7 @@ def _add_run(sub: Any) -> None:
 
     p = sub.add_parser(
         "run",
-        help="run a whole recipe: shard -> expand-vocab -> init-model -> resize -> pretrain -> report -> eval",
+        help="a whole recipe: shard, expand-vocab, init-model, resize, pretrain, report, eval",
         description=(
             "Run every stage of RECIPE in order, each the same function as its subcommand and\n"
             "configured by the recipe section of the same name, into one run folder. A stage\n"
@@ -476,7 +593,7 @@ def _add_run(sub: Any) -> None:
         epilog=describe(RunConfig, "run"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recipe", type=Path, help="recipe YAML with a section per stage (e.g. recipes/tiny_cpu.yaml)")
+    p.add_argument("recipe", type=Path, help="YAML with a section per stage (e.g. recipes/tiny_cpu.yaml)")
     p.add_argument("--out", type=Path, help="run folder (run.out_dir)")
     p.add_argument("--stages", help="comma-separated subset of stages to run (run.stages)")
     p.add_argument("--force", action="store_true", default=None, help="re-run complete stages too")
@@ -511,8 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kovocab",
         description=(
             "Teach an English-first LLM Korean: shard a Korean corpus, train Korean BPE, "
-            "merge it into the base SentencePiece vocabulary, resize embeddings, and report "
-            "tokenization efficiency."
+            "merge it into the base SentencePiece vocabulary, resize embeddings, continue "
+            "pretraining under DeepSpeed ZeRO-3, report tokenization efficiency and evaluate. "
+            "`kovocab run RECIPE` runs every stage of a recipe."
         ),
     )
     parser.add_argument("--version", action="version", version=f"kovocab {__version__}")

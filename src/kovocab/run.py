@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class _Stage:
     cls: type  # the stage's config class
     build: Callable[[dict[str, Any], dict[str, Any]], Any]  # (recipe, section with wiring) -> config
     wire: Callable[[Path, dict[str, Any]], dict[str, Any]]  # (run dir, outputs so far) -> default keys
-    call: Callable[[Any, RunConfig], Any]
+    call: Callable[[Any, RunConfig, bool], Any]  # (config, run, continue a stopped run?)
     out_dir: Callable[[Any], Path]
     done_file: Callable[[Any], Path]
     outputs: Callable[[Any], dict[str, Any]]  # config -> the paths later stages read
@@ -135,11 +136,21 @@ def run_recipe(
             log.info("run: %s is complete in %s, skipped", stage.name, out)
             summary = prior.get("summary", {})
         else:
+            # Outputs of another config (or --force) are replaced; a stage stopped half-way with
+            # the same config continues (shard resumes its tasks, pretrain its checkpoints).
+            fresh = cfg.force or prior.get("fingerprint") != fingerprint
+            if fresh and out.exists() and out != run_dir and out.is_relative_to(run_dir):
+                log.warning("run: %s: removing %s, written for another config", stage.name, out)
+                shutil.rmtree(out)
             log.info("run: %s -> %s", stage.name, out)
-            summary = _jsonable(stage.summary(stage.call(stage_cfg, cfg)))
+            # Recorded before the stage runs, so a killed stage is continued, not wiped, next time.
+            state["stages"][stage.name] = {"fingerprint": fingerprint, "out_dir": str(out),
+                                           "status": "started"}
+            write_json(run_dir / RUN_JSON, state)
+            summary = _jsonable(stage.summary(stage.call(stage_cfg, cfg, not fresh)))
         seconds = time.perf_counter() - t0
         state["stages"][stage.name] = {
-            "fingerprint": fingerprint, "out_dir": str(out), "summary": summary,
+            "fingerprint": fingerprint, "out_dir": str(out), "status": "complete", "summary": summary,
             "seconds": prior.get("seconds") if skip else round(seconds, 3),
         }
         write_json(run_dir / RUN_JSON, state)

@@ -13,8 +13,10 @@ from typing import Any
 
 from kovocab.corpus.options import ShardConfig
 from kovocab.embeddings import ResizeConfig
+from kovocab.evaluation import EvalConfig
 from kovocab.expansion import ExpandVocabConfig
 from kovocab.model_init import InitModelConfig
+from kovocab.pretraining.config import PretrainConfig
 from kovocab.report import ReportConfig
 from kovocab.run import RunConfig, _Stage, manifest_done, stage_section
 
@@ -37,7 +39,7 @@ def _shard_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
     return load_shard_config({**data, "shard": section})
 
 
-def _shard_call(cfg: Any, run: RunConfig) -> Any:
+def _shard_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
     from kovocab.corpus import shard_corpus
 
     return shard_corpus(cfg)
@@ -80,7 +82,7 @@ def _expand_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
     return stage_section(data, section, ExpandVocabConfig, "expand_vocab")
 
 
-def _expand_call(cfg: Any, run: RunConfig) -> Any:
+def _expand_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
     from kovocab.expansion import expand_vocab_from_config
 
     return expand_vocab_from_config(cfg)
@@ -108,7 +110,7 @@ def _init_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
     return stage_section(data, section, InitModelConfig, "init_model")
 
 
-def _init_call(cfg: Any, run: RunConfig) -> Any:
+def _init_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
     from kovocab.model_init import init_model
 
     return init_model(cfg)
@@ -131,7 +133,7 @@ def _resize_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
     return stage_section(data, section, ResizeConfig, "resize_embeddings")
 
 
-def _resize_call(cfg: Any, run: RunConfig) -> Any:
+def _resize_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
     from kovocab.embeddings import resize_embeddings_from_config
 
     return resize_embeddings_from_config(cfg)
@@ -149,6 +151,35 @@ RESIZE = _Stage(
 )
 
 
+# --- pretrain (DeepSpeed ZeRO-3; the ranks are started here unless a launcher started us) ------
+
+
+def _pretrain_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+    return stage_section(data, section, PretrainConfig, "pretrain")
+
+
+def _pretrain_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
+    from kovocab.pretraining.launch import launch_pretrain
+
+    checkpoints = Path(cfg.out_dir) / "checkpoints"
+    resume = resume and checkpoints.is_dir() and any(checkpoints.iterdir())
+    return launch_pretrain(cfg, nproc_per_node=run.nproc_per_node, resume=resume)
+
+
+def _pretrain_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
+    corpus = _listed(_get(outputs, "shard", "corpus"))
+    return _some(model_dir=_get(outputs, "resize_embeddings", "model"), train_data=corpus, eval_korean=corpus,
+                 out_dir=str(run_dir / "pretrain"))
+
+
+PRETRAIN = _Stage(
+    name="pretrain", cls=PretrainConfig, build=_pretrain_build, wire=_pretrain_wire, call=_pretrain_call,
+    out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: manifest_done(Path(cfg.out_dir) / "hf"),
+    outputs=lambda cfg: {"model": Path(cfg.out_dir) / "hf"},
+    summary=lambda res: {"steps": res.steps, "final_loss": res.final_loss, "seconds": res.seconds},
+)
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -156,7 +187,7 @@ def _report_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
     return stage_section(data, section, ReportConfig, "report")
 
 
-def _report_call(cfg: Any, run: RunConfig) -> Any:
+def _report_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
     from kovocab.report import run_report
 
     return run_report(cfg)
@@ -180,4 +211,37 @@ REPORT = _Stage(
 )
 
 
-STAGE_TABLE = (SHARD, EXPAND_VOCAB, INIT_MODEL, RESIZE, REPORT)
+
+# --- eval (bits per byte + KoBEST, the resized model before pretraining vs after) ------------
+
+
+def _eval_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+    return stage_section(data, section, EvalConfig, "eval")
+
+
+def _eval_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
+    from kovocab.evaluation import evaluate
+
+    return evaluate(cfg)
+
+
+def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
+    before, after = _get(outputs, "resize_embeddings", "model"), _get(outputs, "pretrain", "model")
+    models = [m for m in (before, after) if m is not None]
+    names = [n for n, m in (("resized", before), ("pretrained", after)) if m is not None]
+    corpus = _get(outputs, "shard", "corpus")
+    wired: dict[str, Any] = {"out_dir": str(run_dir / "eval")}
+    if models:
+        wired.update(models=models, names=names)
+    if corpus is not None:
+        wired["bpb_texts"] = [{"name": "korean held-out", "path": corpus}]
+    return wired
+
+
+EVAL = _Stage(
+    name="eval", cls=EvalConfig, build=_eval_build, wire=_eval_wire, call=_eval_call,
+    out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: Path(cfg.out_dir) / "eval.json",
+    outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
+)
+
+STAGE_TABLE = (SHARD, EXPAND_VOCAB, INIT_MODEL, RESIZE, PRETRAIN, REPORT, EVAL)
