@@ -79,16 +79,21 @@ class _Stage:
     """How the runner builds, runs and recognises one stage."""
 
     name: str
-    cls: type  # the stage's config class
-    build: Callable[[dict[str, Any], dict[str, Any]], Any]  # (recipe, section with wiring) -> config
+    cls: type  # the stage's config class, built from the recipe section `name`
     wire: Callable[[Path, dict[str, Any]], dict[str, Any]]  # (run dir, outputs so far) -> default keys
-    call: Callable[[Any, RunConfig, bool], Any]  # (config, run, continue a stopped run?)
-    out_dir: Callable[[Any], Path]
-    done_file: Callable[[Any], Path]
+    call: Callable[[Any, RunConfig, bool], Any]  # (config, run, continue a stopped run?) -> result
     outputs: Callable[[Any], dict[str, Any]]  # config -> the paths later stages read
     summary: Callable[[Any], dict[str, Any]] = lambda result: {}
+    out_dir: Callable[[Any], Path] = lambda cfg: Path(cfg.out_dir)
+    done_file: Callable[[Any], Path] = lambda cfg: Path(cfg.out_dir) / "manifest.json"  # exists once complete
+    build: Callable[[Mapping[str, Any], dict[str, Any]], Any] | None = None  # default: stage_section
     # (section, folder) -> the section with its relative paths made absolute; default: by cls's types
     absolutize: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
+
+    def config(self, data: Mapping[str, Any], section: dict[str, Any]) -> Any:
+        if self.build is not None:
+            return self.build(data, section)
+        return stage_section(data, section, self.cls, self.name)
 
     def absolute(self, section: Mapping[str, Any], base_dir: Any) -> dict[str, Any]:
         from kovocab.config import absolutize_section
@@ -188,7 +193,7 @@ def _plan(
             continue
         try:
             section = _section(data, stage, stage.wire(run_dir, outputs))
-            stage_cfg = stage.build(data, section)
+            stage_cfg = stage.config(data, section)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
@@ -264,11 +269,6 @@ def stage_section(data: Mapping[str, Any], section: Mapping[str, Any], cls: type
     """A stage config from its (wired) section, relative paths taken from the recipe's folder."""
     cfg: Any = load_section(cls, {name: dict(section)}, name)
     return resolve_paths(cfg, data.get("_recipe_dir"))
-
-
-def manifest_done(path: Path) -> Path:
-    """The manifest file whose presence marks a finished stage folder."""
-    return Path(path) / "manifest.json"
 
 
 def recipe_path(data: Mapping[str, Any], value: str | Path) -> Path:

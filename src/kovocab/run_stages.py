@@ -18,7 +18,7 @@ from kovocab.expansion import ExpandVocabConfig
 from kovocab.model_init import InitModelConfig
 from kovocab.pretraining.config import PretrainConfig
 from kovocab.report import ReportConfig
-from kovocab.run import RunConfig, _Stage, manifest_done, stage_section
+from kovocab.run import RunConfig, _Stage
 
 
 def _get(outputs: dict[str, Any], stage: str, key: str) -> Any:
@@ -30,19 +30,24 @@ def _some(**items: Any) -> dict[str, Any]:
     return {k: v for k, v in items.items() if v is not None}
 
 
+def _calling(module: str, function: str) -> Any:
+    """call(): the stage's public function, imported when the stage runs (torch stays unloaded)."""
+
+    def call(cfg: Any, run: RunConfig, resume: bool) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(cfg)
+
+    return call
+
+
 # --- shard ---------------------------------------------------------------------------------
 
 
-def _shard_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
+def _shard_build(data: Mapping[str, Any], section: dict[str, Any]) -> Any:
     from kovocab.corpus import load_shard_config
 
     return load_shard_config({**data, "shard": section})
-
-
-def _shard_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
-    from kovocab.corpus import shard_corpus
-
-    return shard_corpus(cfg)
 
 
 def _shard_absolute(section: Mapping[str, Any], base_dir: Any) -> dict[str, Any]:
@@ -65,10 +70,10 @@ def _as_list(value: Any) -> list[Any]:
 
 
 SHARD = _Stage(
-    name="shard", cls=ShardConfig, build=_shard_build,
-    absolutize=_shard_absolute,
+    name="shard", cls=ShardConfig, build=_shard_build, absolutize=_shard_absolute,
     wire=lambda run_dir, outputs: {"out": str(run_dir / "corpus")},
-    call=_shard_call, out_dir=lambda cfg: Path(cfg.out), done_file=lambda cfg: manifest_done(cfg.out),
+    call=_calling("kovocab.corpus", "shard_corpus"),
+    out_dir=lambda cfg: Path(cfg.out), done_file=lambda cfg: Path(cfg.out) / "manifest.json",
     outputs=lambda cfg: {"corpus": cfg.out},
     summary=lambda res: {"read": res.docs_in, "kept": res.kept, "dropped": res.dropped,
                          "duplicates": res.duplicates},
@@ -78,49 +83,29 @@ SHARD = _Stage(
 # --- expand_vocab (train-tokenizer + merge-vocab) ------------------------------------------
 
 
-def _expand_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    return stage_section(data, section, ExpandVocabConfig, "expand_vocab")
-
-
-def _expand_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
-    from kovocab.expansion import expand_vocab_from_config
-
-    return expand_vocab_from_config(cfg)
+def _listed(value: Any) -> list[Any] | None:
+    return None if value is None else [value]
 
 
 EXPAND_VOCAB = _Stage(
-    name="expand_vocab", cls=ExpandVocabConfig, build=_expand_build,
+    name="expand_vocab", cls=ExpandVocabConfig,
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
                                         out_dir=str(run_dir / "tokenizer")),
-    call=_expand_call, out_dir=lambda cfg: Path(cfg.out_dir),
-    done_file=lambda cfg: manifest_done(Path(cfg.out_dir) / "tokenizer"),
+    call=_calling("kovocab.expansion", "expand_vocab_from_config"),
+    done_file=lambda cfg: Path(cfg.out_dir) / "tokenizer" / "manifest.json",
     outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base},
     summary=lambda res: dict(res.stats),
 )
 
 
-def _listed(value: Any) -> list[Any] | None:
-    return None if value is None else [value]
-
-
 # --- init_model (a tiny Llama from config; real runs point resize_embeddings at a checkpoint) ----
 
 
-def _init_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    return stage_section(data, section, InitModelConfig, "init_model")
-
-
-def _init_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
-    from kovocab.model_init import init_model
-
-    return init_model(cfg)
-
-
 INIT_MODEL = _Stage(
-    name="init_model", cls=InitModelConfig, build=_init_build,
+    name="init_model", cls=InitModelConfig,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
-    call=_init_call, out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: manifest_done(cfg.out_dir),
+    call=_calling("kovocab.model_init", "init_model"),
     outputs=lambda cfg: {"model": cfg.out_dir},
     summary=lambda res: {"parameters": res.parameters, "vocab_size": res.vocab_size},
 )
@@ -129,33 +114,18 @@ INIT_MODEL = _Stage(
 # --- resize_embeddings ---------------------------------------------------------------------
 
 
-def _resize_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    return stage_section(data, section, ResizeConfig, "resize_embeddings")
-
-
-def _resize_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
-    from kovocab.embeddings import resize_embeddings_from_config
-
-    return resize_embeddings_from_config(cfg)
-
-
 RESIZE = _Stage(
-    name="resize_embeddings", cls=ResizeConfig, build=_resize_build,
+    name="resize_embeddings", cls=ResizeConfig,
     wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
-    call=_resize_call, out_dir=lambda cfg: Path(cfg.out_dir),
-    done_file=lambda cfg: manifest_done(cfg.out_dir),
+    call=_calling("kovocab.embeddings", "resize_embeddings_from_config"),
     outputs=lambda cfg: {"model": cfg.out_dir},
     summary=lambda res: dict(res.stats),
 )
 
 
 # --- pretrain (DeepSpeed ZeRO-3; the ranks are started here unless a launcher started us) ------
-
-
-def _pretrain_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    return stage_section(data, section, PretrainConfig, "pretrain")
 
 
 def _pretrain_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
@@ -168,29 +138,19 @@ def _pretrain_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
 
 def _pretrain_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
     corpus = _listed(_get(outputs, "shard", "corpus"))
-    return _some(model_dir=_get(outputs, "resize_embeddings", "model"), train_data=corpus, eval_korean=corpus,
-                 out_dir=str(run_dir / "pretrain"))
+    return _some(model_dir=_get(outputs, "resize_embeddings", "model"), train_data=corpus,
+                 eval_korean=corpus, out_dir=str(run_dir / "pretrain"))
 
 
 PRETRAIN = _Stage(
-    name="pretrain", cls=PretrainConfig, build=_pretrain_build, wire=_pretrain_wire, call=_pretrain_call,
-    out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: manifest_done(Path(cfg.out_dir) / "hf"),
+    name="pretrain", cls=PretrainConfig, wire=_pretrain_wire, call=_pretrain_call,
+    done_file=lambda cfg: Path(cfg.out_dir) / "hf" / "manifest.json",
     outputs=lambda cfg: {"model": Path(cfg.out_dir) / "hf"},
     summary=lambda res: {"steps": res.steps, "final_loss": res.final_loss, "seconds": res.seconds},
 )
 
 
 # --- report --------------------------------------------------------------------------------
-
-
-def _report_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    return stage_section(data, section, ReportConfig, "report")
-
-
-def _report_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
-    from kovocab.report import run_report
-
-    return run_report(cfg)
 
 
 def _report_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -205,24 +165,13 @@ def _report_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 REPORT = _Stage(
-    name="report", cls=ReportConfig, build=_report_build, wire=_report_wire, call=_report_call,
-    out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
+    name="report", cls=ReportConfig, wire=_report_wire, call=_calling("kovocab.report", "run_report"),
+    done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
     outputs=lambda cfg: {"report": Path(cfg.out_dir) / "report.md"},
 )
 
 
-
 # --- eval (bits per byte + KoBEST, the resized model before pretraining vs after) ------------
-
-
-def _eval_build(data: dict[str, Any], section: dict[str, Any]) -> Any:
-    return stage_section(data, section, EvalConfig, "eval")
-
-
-def _eval_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
-    from kovocab.evaluation import evaluate
-
-    return evaluate(cfg)
 
 
 def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -239,8 +188,8 @@ def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 EVAL = _Stage(
-    name="eval", cls=EvalConfig, build=_eval_build, wire=_eval_wire, call=_eval_call,
-    out_dir=lambda cfg: Path(cfg.out_dir), done_file=lambda cfg: Path(cfg.out_dir) / "eval.json",
+    name="eval", cls=EvalConfig, wire=_eval_wire, call=_calling("kovocab.evaluation", "evaluate"),
+    done_file=lambda cfg: Path(cfg.out_dir) / "eval.json",
     outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
 )
 
