@@ -135,3 +135,26 @@ def test_from_takes_a_section_from_another_recipe(tmp_path: Path) -> None:
     recipe["shard"] = {"from": str(ROOT / "tokenizers" / "llama2_ko_46k.yaml")}
     with pytest.raises(ConfigError, match="has no 'shard:' section"):
         plan_recipe(recipe)
+
+
+def test_stopped_stage_continues_and_changed_stage_starts_clean(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(run_dir))
+    stages = ["shard", "expand_vocab"]
+    run_recipe(recipe, stages=stages)
+    # expand_vocab stopped half-way: its record says "started", its manifest is not written yet.
+    state = json.loads((run_dir / "run.json").read_text())
+    state["stages"]["expand_vocab"]["status"] = "started"
+    (run_dir / "run.json").write_text(json.dumps(state))
+    (run_dir / "tokenizer" / "tokenizer" / "manifest.json").unlink()
+    keep = run_dir / "tokenizer" / "partial-work"
+    keep.write_text("x")
+    res = run_recipe(recipe, stages=stages)
+    assert [s.skipped for s in res.stages] == [True, False]
+    assert keep.exists(), "a stopped stage with the same config is continued, not wiped"
+    assert (run_dir / "tokenizer" / "tokenizer" / "manifest.json").is_file()
+    # Another config for the stage: its old outputs go before it runs again.
+    res = run_recipe(recipe, ["expand_vocab.seed=1"], stages=stages)
+    assert [s.skipped for s in res.stages] == [True, False]
+    assert not keep.exists()
+    assert json.loads((run_dir / "run.json").read_text())["stages"]["expand_vocab"]["status"] == "complete"
