@@ -158,3 +158,22 @@ def test_stopped_stage_continues_and_changed_stage_starts_clean(tmp_path: Path) 
     assert [s.skipped for s in res.stages] == [True, False]
     assert not keep.exists()
     assert json.loads((run_dir / "run.json").read_text())["stages"]["expand_vocab"]["status"] == "complete"
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "tokenizers").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_tokenizer_recipes_build(recipe: Path) -> None:
+    """Each section of the tokenizer recipes builds into its stage's config (nothing is run)."""
+    from kovocab.config import load_section, read_recipe
+    from kovocab.expansion import ExpandVocabConfig
+    from kovocab.tokenizer_training import TokenizerTrainingConfig
+    from kovocab.vocab_merge import MergeVocabConfig
+
+    data = read_recipe(recipe)
+    classes = {"expand_vocab": ExpandVocabConfig, "tokenizer_training": TokenizerTrainingConfig,
+               "vocab_merge": MergeVocabConfig}
+    sections = [k for k in data if not k.startswith("_")]
+    assert sections and set(sections) <= set(classes)
+    for name in sections:
+        load_section(classes[name], data, name)
+    if "expand_vocab" in data:
+        assert load_section(ExpandVocabConfig, data, "expand_vocab").target_vocab_size % 64 == 0
