@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -79,17 +79,8 @@ def read_documents(paths: Sequence[Path], limit: int, what: str = "bpb.texts") -
     """Up to `limit` non-empty documents, in order; shard folders give their eval split."""
     from kovocab.tokenizer_training import iter_corpus_texts
 
-    def docs() -> Iterator[str]:
-        for p in paths:
-            if p.is_dir():
-                from kovocab.corpus import iter_shard_texts
-
-                yield from iter_shard_texts(p, split="eval")
-            else:
-                yield from iter_corpus_texts([p])
-
     out = []
-    for doc in docs():
+    for doc in iter_corpus_texts(paths, split="eval", what=what):
         if doc.strip():
             out.append(doc)
             if len(out) == limit:

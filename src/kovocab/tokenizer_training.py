@@ -76,23 +76,29 @@ class TrainResult:
     seconds: float
 
 
-def iter_corpus_texts(paths: Iterable[Path], text_field: str = "text") -> Iterator[str]:
-    """Documents from shard folders (train split), text files and JSONL files, in order."""
+def iter_corpus_texts(
+    paths: Iterable[Path], text_field: str = "text", split: str = "train", what: str = "corpus"
+) -> Iterator[str]:
+    """Documents from shard folders (their `split`), text files and JSONL files, in order.
+
+    The one reader of "Korean text" inputs: tokenizer training, token stores and bits per
+    byte all call it; `what` names the config key in error messages.
+    """
     for path in paths:
         p = Path(path)
         if p.is_dir():
             if not (p / "manifest.json").is_file():
                 raise InputError(
-                    f"corpus: {p} is a folder without manifest.json; give a `kovocab shard` "
+                    f"{what}: {p} is a folder without manifest.json; give a `kovocab shard` "
                     "output folder or the text files themselves"
                 )
             from kovocab.corpus import iter_shard_texts
 
-            yield from iter_shard_texts(p, split="train")
+            yield from iter_shard_texts(p, split=split)
         elif p.is_file():
             yield from _iter_file(p, text_field)
         else:
-            raise InputError(f"corpus: path not found: {p}")
+            raise InputError(f"{what}: path not found: {p}")
 
 
 def _open_text(path: Path) -> io.TextIOBase:

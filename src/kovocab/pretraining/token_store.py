@@ -286,20 +286,10 @@ def _store_key(cfg: TokenStoreConfig, tok: TokenizerInfo) -> dict[str, Any]:
 
 def iter_documents(cfg: TokenStoreConfig) -> Iterator[str]:
     """Document texts of `cfg.sources` in order, through the corpus readers kovocab already has."""
-    from kovocab.corpus import iter_shard_texts
     from kovocab.tokenizer_training import iter_corpus_texts
 
-    def texts() -> Iterator[str]:
-        for p in map(Path, cfg.sources):
-            if p.is_dir():
-                if not (p / MANIFEST).is_file():
-                    raise InputError(f"token_store.sources: {p} is a folder without {MANIFEST}; give a "
-                                     "`kovocab shard` output folder or the text files themselves")
-                yield from iter_shard_texts(p, split=cfg.split)
-            else:
-                yield from iter_corpus_texts([p])
-
-    return itertools.islice(texts(), cfg.max_documents)
+    texts = iter_corpus_texts(map(Path, cfg.sources), split=cfg.split, what="token_store.sources")
+    return itertools.islice(texts, cfg.max_documents)
 
 
 def _write_tokens(cfg: TokenStoreConfig, tok: TokenizerInfo, dtype: np.dtype[Any], out: Path,
