@@ -263,8 +263,8 @@ def test_document_batches_respect_the_logits_budget(base: Path, monkeypatch: pyt
 
     scorer = load_scorer(base, base, device="cpu")
     calls: list[int] = []
-    real = scoring._score_batch
-    monkeypatch.setattr(scoring, "_score_batch", lambda m, s, d: calls.append(len(s)) or real(m, s, d))
+    real = scoring.score_batch
+    monkeypatch.setattr(scoring, "score_batch", lambda m, s, d: calls.append(len(s)) or real(m, s, d))
     whole = scoring.document_nll(scorer, ENGLISH_DOCS, batch_size=8)
     assert calls == [3]
     monkeypatch.setattr(scoring, "LOGITS_BUDGET", 1)  # every document on its own

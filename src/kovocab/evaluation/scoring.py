@@ -139,15 +139,15 @@ def document_nll(
                 batches.append([])
             batches[-1].append(s)
         for batch in filter(None, batches):
-            n, t = _score_batch(scorer.model, batch, scorer.device)
+            n, t = score_batch(scorer.model, batch, scorer.device)
             nats, tokens = nats + n, tokens + t
         for s in (s for s in seqs if len(s) > window):
-            n, t = _score_long(scorer.model, s, window, step, scorer.device)
+            n, t = score_long(scorer.model, s, window, step, scorer.device)
             nats, tokens = nats + n, tokens + t
     return nats, tokens
 
 
-def _score_batch(model: Any, seqs: list[list[int]], device: str) -> tuple[float, int]:
+def score_batch(model: Any, seqs: list[list[int]], device: str) -> tuple[float, int]:
     """NLL (nats) and count of every token after the first, right-padded into one batch."""
     import torch
 
@@ -163,7 +163,7 @@ def _score_batch(model: Any, seqs: list[list[int]], device: str) -> tuple[float,
     return float(nll), int((labels != -100).sum())
 
 
-def _score_long(model: Any, seq: list[int], window: int, step: int, device: str) -> tuple[float, int]:
+def score_long(model: Any, seq: list[int], window: int, step: int, device: str) -> tuple[float, int]:
     """Sliding window: each token is scored once, with up to `window - 1` tokens of context."""
     import torch
 

@@ -76,7 +76,7 @@ def bits_per_byte(model: Any, tokenizer_dir: Path, held: HeldOut, window: int, d
     """
     import sentencepiece as spm
 
-    from kovocab.evaluation.scoring import _score_batch, _score_long
+    from kovocab.evaluation.scoring import score_batch, score_long
     from kovocab.vocab_merge import find_sentencepiece_model
 
     model_file = find_sentencepiece_model(tokenizer_dir, "pretrain.tokenizer")
@@ -86,9 +86,9 @@ def bits_per_byte(model: Any, tokenizer_dir: Path, held: HeldOut, window: int, d
     nats = 0.0
     short = sorted((s for s in seqs if len(s) <= window), key=len)
     for i in range(0, len(short), batch_size):
-        nats += _score_batch(model, short[i : i + batch_size], device)[0]
+        nats += score_batch(model, short[i : i + batch_size], device)[0]
     for s in (s for s in seqs if len(s) > window):
-        nats += _score_long(model, s, window, max(1, window // 2), device)[0]
+        nats += score_long(model, s, window, max(1, window // 2), device)[0]
     return nats / math.log(2) / held.bytes if held.bytes else math.nan
 
 
