@@ -9,7 +9,6 @@ uint32 above 65,536 ids; no BOS/EOS), `index.npy` (int64 document offsets), `con
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -18,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +33,7 @@ from kovocab.artifacts import (
 )
 from kovocab.config import opt
 from kovocab.errors import ConfigError, InputError, TokenizerError
+from kovocab.pretraining.tokenizer_info import TokenizerInfo, read_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,6 @@ STAGE = "token_store"
 TOKENS = "tokens.bin"
 INDEX = "index.npy"
 FORMAT_VERSION = 1
-# Used when the tokenizer folder names no bos_token/eos_token (Llama-2, Llama-3, GPT-2, Gemma).
-BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>")
-EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>")
 
 
 @dataclass(frozen=True)
@@ -77,67 +74,6 @@ class TokenStoreConfig:
         if self.max_documents is not None and self.max_documents <= 0:
             problems.append(f"max_documents: must be positive, got {self.max_documents}")
         return problems
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """The fast tokenizer a store is built with: its file, digest, size and document markers."""
-
-    file: Path
-    sha256: str
-    vocab_size: int
-    bos_id: int | None
-    eos_id: int
-    tokenizer: Any = field(repr=False, compare=False)  # the loaded tokenizers.Tokenizer
-
-
-def read_tokenizer(path: str | Path) -> TokenizerInfo:
-    """Find tokenizer.json in a folder (or take the file) and its BOS/EOS ids."""
-    from tokenizers import Tokenizer
-
-    p = Path(path)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file() or file.suffix != ".json":
-        raise TokenizerError(
-            f"{p}: no tokenizer.json; token stores use the fast tokenizer: give the folder written by "
-            "`kovocab merge-vocab` (or a model folder holding tokenizer.json)"
-        )
-    try:
-        tok = Tokenizer.from_file(str(file))
-    except Exception as exc:  # the Rust side raises a bare Exception
-        raise TokenizerError(f"{file}: tokenizers cannot load it ({exc})") from exc
-    vocab = tok.get_vocab(with_added_tokens=True)
-    vocab_size = max(len(vocab), max(vocab.values(), default=-1) + 1)
-    named = _special_names(file.parent)
-
-    def find(key: str, fallbacks: tuple[str, ...]) -> int | None:
-        for name in ([named[key]] if key in named else []) + list(fallbacks):
-            if (i := tok.token_to_id(name)) is not None:
-                return int(i)
-        return None
-
-    eos = find("eos_token", EOS_NAMES)
-    if eos is None:
-        raise TokenizerError(
-            f"{file}: no EOS token (looked for {named.get('eos_token') or ', '.join(EOS_NAMES)}); packing "
-            "separates documents with it: add eos_token to special_tokens_map.json beside tokenizer.json"
-        )
-    return TokenizerInfo(file, sha256_file(file), vocab_size, find("bos_token", BOS_NAMES), eos, tok)
-
-
-def _special_names(folder: Path) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
-        try:
-            data = json.loads((folder / fname).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for key in ("bos_token", "eos_token"):
-            value = data.get(key) if isinstance(data, dict) else None
-            value = value.get("content") if isinstance(value, dict) else value
-            if isinstance(value, str) and value:
-                names.setdefault(key, value)
-    return names
 
 
 def check_tokenizer(store: TokenStore, tokenizer: str | Path) -> TokenizerInfo:
