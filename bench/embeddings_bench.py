@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from benchdata import DATA, ROOT
+
 LLAMA2 = DATA / "llama2_tokenizer" / "tokenizer.model"
 CHINESE = DATA / "tokenizers" / "chinese_llama2_expanded" / "tokenizer.model"
 GB = 1e9

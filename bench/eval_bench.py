@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from benchdata import DATA
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kovocab.evaluation import kobest
 from kovocab.evaluation.loglikelihood import continuation_logprobs
 from kovocab.evaluation.scoring import load_scorer
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 LLAMA2 = DATA / "llama2_tokenizer" / "tokenizer.model"
 
 

@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from benchdata import DATA, ROOT
 
 
 def tiny_model(work: Path, tokenizer: Path) -> Path:

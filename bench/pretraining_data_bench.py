@@ -24,15 +24,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchdata import ROOT, news_file
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 FLOOR_TOKENS_S = 1e6
 
 
@@ -48,16 +46,6 @@ def ensure_inputs(corpus: Path, tokenizer: Path) -> None:
             "  .venv/bin/kovocab merge-vocab --recipe tokenizers/llama2-ko-46k.yaml\n"
             "(or give --tokenizer FOLDER holding a tokenizer.json)"
         )
-
-
-def english_news(out: Path) -> Path:
-    path = out / "news.en.txt"
-    with tarfile.open(DATA / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tf:
-        member = next(m for m in tf.getmembers() if m.name.endswith(".en"))
-        f = tf.extractfile(member)
-        assert f is not None
-        path.write_bytes(f.read())
-    return path
 
 
 def bench_store(corpus: Path, tokenizer: Path, out: Path, max_docs: int | None) -> dict[str, Any]:
@@ -180,7 +168,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ensure_inputs(args.corpus, args.tokenizer)
     store = bench_store(args.corpus, args.tokenizer, args.out, args.max_documents)
-    replay = build_token_store(TokenStoreConfig(sources=(english_news(args.out),), tokenizer=args.tokenizer,
+    english = news_file("en", args.out)
+    replay = build_token_store(TokenStoreConfig(sources=(english,), tokenizer=args.tokenizer,
                                                 out_dir=args.out / "replay_store"), progress=False)
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     cmd = [*pin, sys.executable, __file__, "--pack-only", str(args.out / "store"), str(replay.path),

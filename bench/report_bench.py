@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+from benchdata import DATA, ROOT, news_lines
 
 from kovocab.tokenizer_loading import (
     Encoder,
@@ -32,8 +33,6 @@ from kovocab.tokenizer_loading import (
     load_tokenizer,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("KOVOCAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TOKENIZERS = {
     "Llama-2 sentencepiece": DATA / "llama2_tokenizer" / "tokenizer.model",
     "Llama-2 tokenizer.json": DATA / "tokenizers" / "llama2_hf_json" / "tokenizer.json",
@@ -45,12 +44,7 @@ THREADS = os.cpu_count() or 1
 
 
 def news(lang: str) -> list[str]:
-    with tarfile.open(DATA / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tf:
-        for m in tf.getmembers():
-            f = tf.extractfile(m) if m.isfile() and m.name.endswith("." + lang) else None
-            if f is not None:
-                return [x.strip() for x in f.read().decode("utf-8").splitlines() if x.strip()]
-    raise SystemExit(f"no .{lang} file in the news tarball")
+    return [x.strip() for x in news_lines(lang) if x.strip()]
 
 
 def encode_each(enc: Encoder, lines: list[str]) -> list[list[int]]:

@@ -18,12 +18,11 @@ import argparse
 import json
 import re
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from benchdata import DATA, ROOT, news_lines
+
 LLAMA2 = DATA / "llama2_tokenizer" / "tokenizer.model"
 HANGUL = re.compile("[\uac00-\ud7a3]")
 LLAMA3_PAT = (
@@ -47,16 +46,6 @@ def korean_eval_texts() -> list[str]:
             for line in lines[1:]:
                 texts += [c for c in line.split("\t") if HANGUL.search(c)]
     return texts
-
-
-def news(lang: str) -> list[str]:
-    with tarfile.open(DATA / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tf:
-        for m in tf.getmembers():
-            if m.isfile() and m.name.endswith("." + lang):
-                f = tf.extractfile(m)
-                assert f is not None
-                return f.read().decode("utf-8").splitlines()
-    raise SystemExit(f"no .{lang} in the news tarball")
 
 
 def encoders() -> dict[str, object]:
@@ -202,7 +191,7 @@ def main() -> int:
     }
     results["compare_seconds"] = {m: s for m, (_, s) in small.items()}
 
-    ko, en = news("ko"), news("en")
+    ko, en = news_lines("ko"), news_lines("en")
     base_json = DATA / "tokenizers" / "llama2_hf_json" / "tokenizer.json"
     new_json = plain.tokenizer_dir / "tokenizer.json"
     results["encode_mb_per_s"] = {

@@ -166,17 +166,8 @@ def _wait(predicate: Callable[[], object], proc: subprocess.Popen, timeout_s: fl
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_identical_bytes(tmp_path) -> None:
     data = nsmc_head(tmp_path / "nsmc.tsv.gz", 120_000)
-    cmd = [
-        sys.executable,
-        "-m",
-        "kovocab",
-        "shard",
-        str(data),
-        "--field",
-        "review",
-        "--set",
-        "shard.parts_per_file=4",
-    ]
+    args = ["shard", str(data), "--field", "review", "--set", "shard.parts_per_file=4"]
+    cmd = [sys.executable, "-m", "kovocab", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([*cmd, "--out", str(tmp_path / "ref"), "-q"], check=True, env=env, capture_output=True)
     out = tmp_path / "out"
@@ -196,22 +187,7 @@ def test_sigkilled_run_resumes_to_identical_bytes(tmp_path) -> None:
     assert "phase 1: 3 tasks" in log or "phase 1: 2 tasks" in log, log
 
     # Finished: the same bytes as the run nobody interrupted, and no leftovers.
-    assert (
-        main(
-            [
-                "shard",
-                str(data),
-                "--field",
-                "review",
-                "--set",
-                "shard.parts_per_file=4",
-                "--out",
-                str(out),
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert main([*args, "--out", str(out), "-q"]) == 0
     assert digests(out) == digests(tmp_path / "ref")
     assert not (out / ".work").exists() and not list(out.glob(".*.tmp"))
 

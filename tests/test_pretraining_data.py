@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, news_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
@@ -48,12 +47,7 @@ def ko_store(
 def en_store(tmp_path_factory: pytest.TempPathFactory, expanded_tokenizer: Path) -> TokenStore:
     """English replay text: the English side of the Korean-English news dev set, a line per document."""
     out = tmp_path_factory.mktemp("en_store")
-    with tarfile.open(DATA / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tf:
-        member = next(m for m in tf.getmembers() if m.name.endswith(".en"))
-        f = tf.extractfile(member)
-        assert f is not None
-        (out / "news.en.txt").write_bytes(f.read())
-    cfg = TokenStoreConfig(sources=(out / "news.en.txt",), tokenizer=expanded_tokenizer,
+    cfg = TokenStoreConfig(sources=(news_file("en", out),), tokenizer=expanded_tokenizer,
                            out_dir=out / "store", workers=1)
     return build_token_store(cfg, progress=False)
 

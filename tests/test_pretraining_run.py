@@ -14,12 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import news_lines
 
 from kovocab.cli import main
 
@@ -45,9 +45,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, expanded_tokenizer: Path, ko
                                  tie_word_embeddings=False)).save_pretrained(base)
     (base / "tokenizer.model").write_bytes((shared_data / "llama2_tokenizer/tokenizer.model").read_bytes())
     resized = resize_embeddings(base, expanded_tokenizer, root / "resized").out_dir
-    with tarfile.open(shared_data / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith(".en"))
-        lines = tar.extractfile(member).read().decode("utf-8").splitlines()[:64]  # type: ignore[union-attr]
+    lines = news_lines("en")[:64]
     english = root / "english.txt"
     english.write_text("\n".join(lines) + "\n", encoding="utf-8")
     recipe = root / "tiny.yaml"

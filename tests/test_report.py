@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import yaml
-from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL
+from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL, news_file
 
 import kovocab
 from kovocab.cli import main
@@ -38,15 +37,8 @@ N = 200  # lines per text set: enough for every bucket, small enough for 2 cores
 
 @pytest.fixture(scope="module")
 def news(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out, files = tmp_path_factory.mktemp("news"), {}
-    with tarfile.open(DATA / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tf:
-        for m in tf.getmembers():
-            f = tf.extractfile(m) if m.isfile() else None
-            if f is not None:
-                lang = m.name.rsplit(".", 1)[-1]
-                files[lang] = out / f"news.{lang}"
-                files[lang].write_bytes(f.read())
-    return files
+    out = tmp_path_factory.mktemp("news")
+    return {lang: news_file(lang, out) for lang in ("ko", "en")}
 
 
 @pytest.fixture(scope="module")

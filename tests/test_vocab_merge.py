@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL
+from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL, news_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
@@ -75,19 +75,9 @@ def base_sp() -> spm.SentencePieceProcessor:
     return spm.SentencePieceProcessor(model_file=str(LLAMA2_MODEL))
 
 
-def _news(lang: str) -> list[str]:
-    with tarfile.open(DATA / "korean_english_news_park" / "korean-english-park.dev.tar.gz") as tf:
-        for m in tf.getmembers():
-            if m.isfile() and m.name.endswith("." + lang):
-                f = tf.extractfile(m)
-                assert f is not None
-                return f.read().decode("utf-8").splitlines()
-    raise AssertionError(f"no .{lang} file in the news tarball")
-
-
 def _english_corpus() -> list[str]:
     """The English news side plus English prose already on this machine."""
-    lines = _news("en")
+    lines = news_lines("en")
     for p in sorted(Path("/usr/share/common-licenses").glob("*"))[:12]:
         if p.is_file():
             lines += p.read_text(encoding="utf-8", errors="ignore").splitlines()
@@ -125,7 +115,7 @@ def test_english_encodes_exactly_as_llama2(loaders, base_sp) -> None:  # type: i
 
 def test_three_loaders_agree_on_korean_and_round_trip(loaders) -> None:  # type: ignore[no-untyped-def]
     sp, fast, auto = loaders
-    lines = _news("ko") + [
+    lines = news_lines("ko") + [
         "", " ", "  두 칸 앞", "끝에 공백 ", "줄\n바꿈\n\n두 번", "탭\t문자", "😀 이모지 🇰🇷 섞인 text",
         "ㅋㅋㅋㅋㅋㅋ ㅠㅠ", "한국어와 English가 mixed된 문장 123,456원", "def f(x):\n    return x  # 주석",
     ]
@@ -284,7 +274,7 @@ def test_expand_vocab_api_trains_merges_and_reports(tmp_path: Path) -> None:
     from kovocab import expand_vocab
 
     held_out = tmp_path / "news.ko"
-    held_out.write_text("\n".join(_news("ko")[:300]) + "\n", encoding="utf-8")
+    held_out.write_text("\n".join(news_lines("ko")[:300]) + "\n", encoding="utf-8")
     res = expand_vocab(base=LLAMA2_MODEL.parent, corpus=NOVELS[:10], out_dir=tmp_path / "x",
                        target_vocab_size=33024, korean_vocab_size=3000, eval_texts=held_out)
     assert res.merge.vocab_size == 33024

@@ -21,17 +21,33 @@ from kovocab.errors import KovocabError
 log = logging.getLogger("kovocab")
 
 
+def _parser(sub: Any, name: str, config: tuple[type, str], help: str, description: str | None = None,
+            more: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with every key of its config section, default and meaning."""
+    from kovocab.config import describe
+
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=description, epilog=describe(*config) + more,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one recipe key (repeatable), value parsed as YAML",
+    )
+
+
 def _common(p: argparse.ArgumentParser, recipe: bool = True) -> None:
     if recipe:
         p.add_argument("--recipe", type=Path, help="YAML recipe; command-line options override it")
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="SECTION.KEY=VALUE",
-            help="override one recipe key (repeatable), value parsed as YAML",
-        )
+        _overrides(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
@@ -54,8 +70,8 @@ def _add_shard(sub: Any) -> None:
     from kovocab.corpus.options import ShardConfig, SourceConfig
 
     sources = describe(SourceConfig, "shard.sources").splitlines()[1:]
-    p = sub.add_parser(
-        "shard",
+    p = _parser(
+        sub, "shard",
         help="Korean text files -> cleaned, deduplicated JSONL.gz + Parquet shards",
         description=(
             "Read, decode, normalise, filter, dedupe and shard a Korean corpus.\n"
@@ -64,8 +80,7 @@ def _add_shard(sub: Any) -> None:
             "Cluster: run --task I --num-tasks N for every I in 0..N-1 (e.g. a SLURM array),\n"
             "then the same command without --task/--num-tasks to merge."
         ),
-        epilog=describe(ShardConfig, "shard") + "\n\neach entry of shard.sources:\n" + "\n".join(sources),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(ShardConfig, "shard"), more="\n\neach entry of shard.sources:\n" + "\n".join(sources),
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or globs (one source)")
     p.add_argument("--out", help="output folder (shard.out)")
@@ -153,14 +168,12 @@ def _stage_config(args: argparse.Namespace, cls: type, section: str, **flags: An
 
 
 def _add_train_tokenizer(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.tokenizer_training import TokenizerTrainingConfig
 
-    p = sub.add_parser(
-        "train-tokenizer",
+    p = _parser(
+        sub, "train-tokenizer",
         help="train Korean SentencePiece BPE pieces (plain or Kiwi morpheme-aware)",
-        epilog=describe(TokenizerTrainingConfig, "tokenizer_training"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(TokenizerTrainingConfig, "tokenizer_training"),
     )
     p.add_argument("corpus", nargs="*", type=Path, help="shard folders, .txt or .jsonl files")
     p.add_argument("--out", type=Path, help="output folder")
@@ -183,14 +196,12 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _add_merge_vocab(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.vocab_merge import MergeVocabConfig
 
-    p = sub.add_parser(
-        "merge-vocab",
+    p = _parser(
+        sub, "merge-vocab",
         help="append Korean pieces to a base SentencePiece BPE (Llama-2) vocabulary",
-        epilog=describe(MergeVocabConfig, "vocab_merge"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(MergeVocabConfig, "vocab_merge"),
     )
     p.add_argument("--base", type=Path, help="base tokenizer.model or folder")
     p.add_argument("--korean-model", type=Path, help="korean_bpe.model from train-tokenizer")
@@ -216,14 +227,12 @@ def _run_merge_vocab(args: argparse.Namespace) -> int:
 
 
 def _add_expand_vocab(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.expansion import ExpandVocabConfig
 
-    p = sub.add_parser(
-        "expand-vocab",
+    p = _parser(
+        sub, "expand-vocab",
         help="train-tokenizer + merge-vocab (+ report, + resize with --model) in one step",
-        epilog=describe(ExpandVocabConfig, "expand_vocab"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(ExpandVocabConfig, "expand_vocab"),
     )
     p.add_argument("corpus", nargs="*", type=Path, help="shard folders, .txt or .jsonl files")
     p.add_argument("--base", type=Path, help="base tokenizer.model or folder")
@@ -267,19 +276,17 @@ _TOKENIZER_COMMANDS = [_add_train_tokenizer, _add_merge_vocab, _add_expand_vocab
 
 
 def _add_init_model(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.model_init import InitModelConfig
 
-    p = sub.add_parser(
-        "init-model",
+    p = _parser(
+        sub, "init-model",
         help="build a small Llama from config (random, seeded) with a base tokenizer, for smoke runs",
         description=(
             "Write a randomly initialised Hugging Face Llama (safetensors) whose vocabulary is the\n"
             "base tokenizer's, with that tokenizer beside it: the stand-in for a downloaded Llama\n"
             "in smoke runs and tests. Real runs start from a real checkpoint instead."
         ),
-        epilog=describe(InitModelConfig, "init_model"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(InitModelConfig, "init_model"),
     )
     p.add_argument("--tokenizer", type=Path, help="base tokenizer.model or a folder holding one")
     p.add_argument("--out", type=Path, help="output model folder")
@@ -300,11 +307,10 @@ def _run_init_model(args: argparse.Namespace) -> int:
 
 
 def _add_resize_embeddings(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.embeddings import ResizeConfig
 
-    p = sub.add_parser(
-        "resize-embeddings",
+    p = _parser(
+        sub, "resize-embeddings",
         help="grow a checkpoint's embeddings and LM head to an expanded tokenizer (mean-initialised)",
         description=(
             "Resize the input embeddings and LM head of a Hugging Face Llama checkpoint\n"
@@ -312,8 +318,7 @@ def _add_resize_embeddings(sub: Any) -> None:
             "tensors; the other shards are hardlinked. New rows: the mean of the base\n"
             "tokenizer's split of the piece (subword-mean) or of all rows (mean)."
         ),
-        epilog=describe(ResizeConfig, "resize_embeddings"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(ResizeConfig, "resize_embeddings"),
     )
     p.add_argument("--model", type=Path, help="Hugging Face model folder (resize_embeddings.model_dir)")
     p.add_argument("--tokenizer", type=Path, help="expanded tokenizer folder or tokenizer.model")
@@ -347,18 +352,16 @@ def _run_resize_embeddings(args: argparse.Namespace) -> int:
 
 def _add_bpb(sub: Any) -> None:
     from kovocab.bpb import BpbConfig
-    from kovocab.config import describe
 
-    p = sub.add_parser(
-        "bpb",
+    p = _parser(
+        sub, "bpb",
         help="bits per byte of held-out text under (model, tokenizer) pairs: the step-0 check",
         description=(
             "Score the same documents under each model with its tokenizer (default: the\n"
             "model folder's tokenizer.model). Give the base model and the resized one to see\n"
             "what the new rows cost before training; bits/byte does not depend on the tokenizer."
         ),
-        epilog=describe(BpbConfig, "bpb"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(BpbConfig, "bpb"),
     )
     p.add_argument("--model", type=Path, action="append", default=[], help="model folder (repeatable)")
     p.add_argument("--tokenizer", type=Path, action="append", default=[],
@@ -402,18 +405,16 @@ _EMBEDDING_COMMANDS = [_add_init_model, _add_resize_embeddings, _add_bpb]
 
 
 def _add_report(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.report import ReportConfig
 
-    p = sub.add_parser(
-        "report",
+    p = _parser(
+        sub, "report",
         help="compare tokenizers on text sets: tokens/sentence, chars/token, fertility, pieces",
         description=(
             "Tokenization-efficiency report: every tokenizer on every text set, split into "
             "Korean, English and mixed lines. Writes report.json, report.md and report.html."
         ),
-        epilog=describe(ReportConfig, "report"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(ReportConfig, "report"),
     )
     p.add_argument("--tokenizer", action="append", default=[], metavar="NAME=PATH",
                    help=".model, tokenizer.json, tokenizer folder or tiktoken ranks (repeatable)")
@@ -454,8 +455,8 @@ def _add_pretrain(sub: Any) -> None:
     from kovocab.pretraining.config import PretrainConfig, StageConfig
 
     stages = describe(StageConfig, "pretrain.stages").splitlines()[1:]
-    p = sub.add_parser(
-        "pretrain",
+    p = _parser(
+        sub, "pretrain",
         help="continued pretraining of the resized model under DeepSpeed ZeRO-3, in stages",
         description=(
             "Train the resized checkpoint in the recipe's stages (e.g. new embedding rows, then all)\n"
@@ -463,9 +464,8 @@ def _add_pretrain(sub: Any) -> None:
             "One node: --nproc-per-node N (re-launches through torch.distributed.run), or start it\n"
             "under torchrun / `deepspeed --module kovocab` / srun; see pretrain/README.md."
         ),
-        epilog=describe(PretrainConfig, "pretrain") + "\n\neach entry of pretrain.stages:\n"
+        config=(PretrainConfig, "pretrain"), more="\n\neach entry of pretrain.stages:\n"
         + "\n".join(stages),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", dest="recipe", type=Path, help="pretrain/NAME.yaml (same as --recipe)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest")
@@ -510,11 +510,10 @@ _PRETRAIN_COMMANDS: list[Any] = [_add_pretrain]
 
 
 def _add_eval(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.evaluation import EvalConfig
 
-    p = sub.add_parser(
-        "eval",
+    p = _parser(
+        sub, "eval",
         help="judge checkpoints: bits per byte on text sets + KoBEST (0/5/10/50-shot), side by side",
         description=(
             "Score one model, or several compared with the first (base vs adapted), on held-out\n"
@@ -522,8 +521,7 @@ def _add_eval(sub: Any) -> None:
             "lm-evaluation-harness's prompts and metrics (acc, macro-F1), from local TSVs.\n"
             "Writes eval.json, eval.md (tables like the Llama-2-Ko card) and items.jsonl."
         ),
-        epilog=describe(EvalConfig, "eval"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(EvalConfig, "eval"),
     )
     p.add_argument("--model", type=Path, action="append", default=[], help="model folder (repeatable)")
     p.add_argument("--name", action="append", default=[], help="column name per --model (repeatable)")
@@ -577,11 +575,10 @@ _EVAL_COMMANDS: list[Any] = [_add_eval]
 
 
 def _add_run(sub: Any) -> None:
-    from kovocab.config import describe
     from kovocab.run import STAGES, RunConfig
 
-    p = sub.add_parser(
-        "run",
+    p = _parser(
+        sub, "run",
         help="a whole recipe: shard, expand-vocab, init-model, resize, pretrain, report, eval",
         description=(
             "Run every stage of RECIPE in order, each the same function as its subcommand and\n"
@@ -590,15 +587,13 @@ def _add_run(sub: Any) -> None:
             "(see run.json), so a rerun after a failure continues where it stopped.\n"
             f"Stages: {', '.join(STAGES)}."
         ),
-        epilog=describe(RunConfig, "run"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=(RunConfig, "run"),
     )
     p.add_argument("recipe", type=Path, help="YAML with a section per stage (e.g. recipes/tiny_cpu.yaml)")
     p.add_argument("--out", type=Path, help="run folder (run.out_dir)")
     p.add_argument("--stages", help="comma-separated subset of stages to run (run.stages)")
     p.add_argument("--force", action="store_true", default=None, help="re-run complete stages too")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one recipe key (repeatable), value parsed as YAML")
+    _overrides(p)
     _common(p, recipe=False)
     p.set_defaults(func=_run_run)
 

@@ -9,6 +9,7 @@ is given, `model/` (embedding resize).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -160,15 +161,11 @@ def _paths(value: str | Path | Sequence[str | Path]) -> tuple[Path, ...]:
 def _held_out_texts(
     corpus: tuple[Path, ...], eval_texts: str | Path | Sequence[str | Path] | None
 ) -> list[str]:
-    if eval_texts is not None:
-        docs = list(iter_corpus_texts(_paths(eval_texts)))
-    elif any(p.is_dir() for p in corpus):
-        from kovocab.corpus import iter_shard_texts
-
-        docs = [t for p in corpus if p.is_dir() for t in iter_shard_texts(p, split="eval")]
-    else:
-        return []
-    return [line.strip() for d in docs for line in d.split("\n") if line.strip()][:20000]
+    """Held-out Korean lines: `eval_texts`, else the eval split of the shard folders in `corpus`."""
+    sources = _paths(eval_texts) if eval_texts is not None else tuple(p for p in corpus if p.is_dir())
+    docs = iter_corpus_texts(sources, split="eval", what="expand_vocab.eval_texts")
+    lines = (line.strip() for d in docs for line in d.split("\n") if line.strip())
+    return list(itertools.islice(lines, 20000))
 
 
 def compare_tokenizers(base_model: Path, expanded_model: Path, texts: list[str]) -> dict[str, Any]:
@@ -195,11 +192,9 @@ def compare_tokenizers(base_model: Path, expanded_model: Path, texts: list[str])
 
 
 def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> ExpandResult:
-    """Write the efficiency report (base vs expanded) when the report stage is installed."""
-    try:
-        from kovocab.report import efficiency_report
-    except ImportError:  # report stage not available in this build
-        return result
+    """Write the efficiency report (base vs expanded) on the held-out lines."""
+    from kovocab.report import efficiency_report
+
     if not texts:
         return result
     from kovocab.artifacts import atomic_write_text

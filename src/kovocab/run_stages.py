@@ -89,8 +89,9 @@ def _listed(value: Any) -> list[Any] | None:
 
 EXPAND_VOCAB = _Stage(
     name="expand_vocab", cls=ExpandVocabConfig,
+    # report=False: the run's own report stage measures base vs expanded on the same held-out split.
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
-                                        out_dir=str(run_dir / "tokenizer")),
+                                        out_dir=str(run_dir / "tokenizer"), report=False),
     call=_calling("kovocab.expansion", "expand_vocab_from_config"),
     done_file=lambda cfg: Path(cfg.out_dir) / "tokenizer" / "manifest.json",
     outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base},
