@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,15 +62,11 @@ def worker(rank: int, port: int, out: Path, data: Path) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_zero3_resize_gathers_and_initialises(tmp_path: Path, shared_data: Path) -> None:
     pytest.importorskip("deepspeed")
+    from kovocab.pretraining.engine import free_port
+
     port = free_port()
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, __file__, str(r), str(port), str(tmp_path), str(shared_data)],

@@ -98,7 +98,11 @@ def test_run_reports_recipe_mistakes(tmp_path: Path, capsys) -> None:  # type: i
     recipe["shrad"] = recipe.pop("shard")
     path = write_recipe(tmp_path / "typo.yaml", recipe)
     assert main(["run", str(path)]) == 1
-    assert "shrad: unknown recipe section; did you mean 'shard'?" in capsys.readouterr().err
+    assert "shrad: not a section of a run recipe; did you mean 'shard'?" in capsys.readouterr().err
+    recipe["shard"] = recipe.pop("shrad")
+    recipe["vocab_merge"] = {"target_vocab_size": 33024}
+    with pytest.raises(ConfigError, match="vocab_merge: .* in its expand_vocab: section"):
+        run_recipe(recipe)
     with pytest.raises(ConfigError, match="run.stages: unknown stage 'sharding'"):
         run_recipe(write_recipe(tmp_path / "ok.yaml", tiny_recipe(tmp_path / "run")), stages=["sharding"])
     assert main(["run", str(tmp_path / "missing.yaml")]) == 1

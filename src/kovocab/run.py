@@ -227,16 +227,19 @@ def _section(data: Mapping[str, Any], stage: _Stage, wired: dict[str, Any]) -> d
 
 def _check_sections(data: Mapping[str, Any], cfg: RunConfig) -> tuple[str, ...]:
     """Refuse unknown sections (typos) and return the stages that will run."""
-    known = {SECTION, *STAGES, "tokenizer_training", "vocab_merge"}
+    import difflib
+
+    known = {SECTION, *STAGES}
     problems = []
     for key in data:
         if key.startswith("_") or key in known:
             continue
-        import difflib
-
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        problems.append(f"{key}: unknown recipe section" + (f"; did you mean '{close[0]}'?" if close else "")
-                        + f" (sections: {', '.join(sorted(known))})")
+        if key in ("tokenizer_training", "vocab_merge"):
+            hint = "; kovocab run trains and merges in its expand_vocab: section (method, korean_vocab_size)"
+        else:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(f"{key}: not a section of a run recipe{hint} (sections: {', '.join(sorted(known))})")
     if problems:
         raise ConfigError(problems)
     # Without an init_model section the model is a real checkpoint: resize_embeddings.model_dir.
