@@ -105,6 +105,13 @@ def test_run_reports_recipe_mistakes(tmp_path: Path, capsys) -> None:  # type: i
         run_recipe(recipe)
     with pytest.raises(ConfigError, match="run.stages: unknown stage 'sharding'"):
         run_recipe(write_recipe(tmp_path / "ok.yaml", tiny_recipe(tmp_path / "run")), stages=["sharding"])
+    # Problems in several stages are reported together, before anything runs, without knock-on
+    # complaints from the stages that read a broken stage's outputs.
+    ok = write_recipe(tmp_path / "ok.yaml", tiny_recipe(tmp_path / "run"))
+    with pytest.raises(ConfigError) as err:
+        run_recipe(ok, ["init_model.hidden_size=33", "eval.tasks=[copaa]"])
+    assert len(err.value.problems) == 2, err.value.problems
+    assert not (tmp_path / "run").exists()
     assert main(["run", str(tmp_path / "missing.yaml")]) == 1
     assert "recipe not found" in capsys.readouterr().err
 

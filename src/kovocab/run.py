@@ -196,12 +196,28 @@ def _plan(
             stage_cfg = stage.config(data, section)
         except ConfigError as exc:
             problems.extend(exc.problems)
+            # Later stages are still checked, wired to a stand-in for this stage's outputs.
+            outputs[stage.name] = _Unbuilt(stage.name)
             continue
         outputs[stage.name] = _jsonable(stage.outputs(stage_cfg))
         plan.append((stage, stage_cfg))
     if problems:
         raise ConfigError(problems)
     return cfg, run_dir, plan
+
+
+class _Unbuilt(dict[str, Any]):
+    """The outputs of a stage whose config has problems: any key gives a placeholder path."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def __bool__(self) -> bool:
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return f"<{self.stage} output>"
 
 
 def _section(data: Mapping[str, Any], stage: _Stage, wired: dict[str, Any]) -> dict[str, Any]:

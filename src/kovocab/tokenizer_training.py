@@ -132,7 +132,8 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
                 yield str(record[text_field])
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"{path}: not UTF-8 after line {line_no} ({exc.reason}); run `kovocab shard` on it "
+            f"{path}: not UTF-8 {f'after line {line_no}' if line_no else 'in its first lines'} "
+            f"({exc.reason}); run `kovocab shard` on it "
             "first, which detects CP949/EUC-KR and quarantines undecodable lines"
         ) from exc
     except json.JSONDecodeError as exc:
