@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("KOVOCAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# Tests and benches read the same data the same way: bench/benchdata.py (DATA honours
+# KOVOCAB_SHARED_DATA; the news tarball readers).
+sys.path.insert(0, str(ROOT / "bench"))
+from benchdata import DATA, news_file, news_lines  # noqa: E402
+
 LLAMA2_MODEL = DATA / "llama2_tokenizer" / "tokenizer.model"
 
 # The golden sentence from the Llama-2-Ko model card; Llama-2 spends 30 pieces on it.
 GOLDEN_KO = "안녕하세요, 오늘은 날씨가 좋네요."
 
-
-# The Korean-English news dev set (Park et al.) is a tarball: one file per language.
-NEWS_TAR = DATA / "korean_english_news_park" / "korean-english-park.dev.tar.gz"
-
-
-def news_lines(lang: str) -> list[str]:
-    """The `lang` ("ko" or "en") side of the news dev set, a sentence per line."""
-    import tarfile
-
-    with tarfile.open(NEWS_TAR) as tf:
-        member = next((m for m in tf.getmembers() if m.isfile() and m.name.endswith("." + lang)), None)
-        f = tf.extractfile(member) if member is not None else None
-        if f is None:
-            raise FileNotFoundError(f"no .{lang} file in {NEWS_TAR}")
-        return f.read().decode("utf-8").splitlines()
-
-
-def news_file(lang: str, out_dir: Path) -> Path:
-    """`news_lines(lang)` written to out_dir/news.LANG.txt, for APIs that read files."""
-    path = out_dir / f"news.{lang}.txt"
-    path.write_text("\n".join(news_lines(lang)) + "\n", encoding="utf-8")
-    return path
+__all__ = ["DATA", "GOLDEN_KO", "LLAMA2_MODEL", "ROOT", "news_file", "news_lines"]
 
 
 @pytest.fixture(scope="session")
