@@ -53,3 +53,66 @@ def test_main_returns_exit_codes(capsys) -> None:  # type: ignore[no-untyped-def
     assert main(["--version"]) == 0
     assert main([]) == 2
     assert main(["no-such-command"]) == 2
+
+
+# (command, its recipe section): every subcommand that reads a recipe
+COMMANDS = [("shard", "shard"), ("train-tokenizer", "tokenizer_training"), ("merge-vocab", "vocab_merge"),
+            ("expand-vocab", "expand_vocab"), ("init-model", "init_model"),
+            ("resize-embeddings", "resize_embeddings"), ("bpb", "bpb"), ("report", "report"),
+            ("pretrain", "pretrain"), ("eval", "eval")]
+
+
+def test_every_command_refuses_unknown_sections(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # Issue 12.3: `--set shrad.shards=8`, `--set shards=8` and a `sharding:` section were ignored.
+    from kovocab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {c for c, _ in COMMANDS} == set(sub.choices) - {"run"}  # type: ignore[arg-type]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sharding:\n  shards: 2\n", encoding="utf-8")
+    for command, section in COMMANDS:
+        code = main([command, "--recipe", str(recipe), "--set", f"{section}s.x=1", "--set", "x=1",
+                     "--set", f"{'eval' if section != 'eval' else 'bpb'}.y=2"])
+        err = capsys.readouterr().err
+        assert code == 1, command
+        assert err.startswith("kovocab: error: 4 config problems"), (command, err)
+        assert f"{recipe}: unknown section 'sharding'; did you mean 'shard'?" in err, command
+        assert f"--set '{section}s.x=1': unknown section '{section}s'; did you mean '{section}'?" in err
+        assert f"--set 'x=1': expected SECTION.KEY=VALUE, e.g. --set {section}.x=1" in err, command
+        assert f"(sections for this command: {section})" in err, command
+
+
+def test_set_typo_in_a_section_runs_nothing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    text = tmp_path / "in.txt"
+    text.write_text("안녕하세요, 오늘은 날씨가 좋네요.\n", encoding="utf-8")
+    for bad in ("shrad.shards=8", "shards=8"):
+        assert main(["shard", str(text), "--out", str(tmp_path / "out"), "--set", bad]) == 1
+        assert "kovocab: error: --set" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_recipe_sections_are_config_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # Issue 12.6: `shard: [1, 2]` gave a TypeError traceback.
+    recipe = tmp_path / "r.yaml"
+    for command, section in [("shard", "shard"), ("merge-vocab", "vocab_merge"), ("eval", "eval")]:
+        recipe.write_text(f"{section}: [1, 2]\n", encoding="utf-8")
+        assert main([command, "--recipe", str(recipe)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"kovocab: error: {recipe}: section '{section}' must be a mapping"), err
+    recipe.write_text("run: [1, 2]\n", encoding="utf-8")
+    assert main(["run", str(recipe)]) == 1
+    assert capsys.readouterr().err.startswith("kovocab: error: run: expected a mapping of keys")
+    recipe.write_text("- shard\n", encoding="utf-8")
+    assert main(["shard", "--recipe", str(recipe)]) == 1
+    assert "a recipe must be a YAML mapping of sections, got list" in capsys.readouterr().err
+
+
+def test_recipe_with_other_commands_sections_is_accepted(tmp_path: Path) -> None:
+    from kovocab.cli import _recipe_data, build_parser
+
+    recipe = ROOT / "tokenizers" / "llama2_ko_46k.yaml"
+    args = build_parser().parse_args(["merge-vocab", "--recipe", str(recipe),
+                                      "--set", "vocab_merge.target_vocab_size=33024"])
+    data = _recipe_data(args)
+    assert data["vocab_merge"]["target_vocab_size"] == 33024
+    assert {"expand_vocab", "tokenizer_training"} <= set(data)

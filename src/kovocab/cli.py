@@ -30,6 +30,7 @@ def _parser(sub: Any, name: str, config: tuple[type, str], help: str, descriptio
         name, help=help, description=description, epilog=describe(*config) + more,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(config_section=config[1])  # the one section `--set` may change
     return parser
 
 
@@ -53,11 +54,27 @@ def _common(p: argparse.ArgumentParser, recipe: bool = True) -> None:
 
 
 def _recipe_data(args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe (or an empty one) with `--set` overrides applied."""
-    from kovocab.config import apply_overrides, read_recipe
+    """The recipe (or an empty one) with `--set` overrides applied.
 
-    data: dict[str, Any] = read_recipe(args.recipe) if getattr(args, "recipe", None) else {}
-    return apply_overrides(data, getattr(args, "overrides", []))
+    A recipe may hold other commands' sections (tokenizers/*.yaml holds three), but every
+    top-level key must be some command's section and a mapping; `--set` may change only
+    this command's section. All problems are reported at once.
+    """
+    from kovocab.config import apply_overrides, read_recipe, section_problems
+    from kovocab.errors import ConfigError
+
+    data: dict[str, Any] = {}
+    problems: list[str] = []
+    if getattr(args, "recipe", None):
+        data = read_recipe(args.recipe)
+        problems = section_problems(data, args.recipe_sections, str(args.recipe))
+    try:
+        data = apply_overrides(data, getattr(args, "overrides", []), sections=(args.config_section,))
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return data
 
 
 # --- subcommands (keep one _add_/_run_ pair per stage, in pipeline order) ------------------
@@ -241,8 +258,19 @@ def _add_expand_vocab(sub: Any) -> None:
     p.add_argument("--method", choices=["bpe", "morpheme-bpe"])
     p.add_argument("--eval-text", type=Path, action="append", default=[], help="held-out Korean")
     p.add_argument("--model", type=Path, help="Hugging Face Llama folder to resize as well")
+    p.add_argument(
+        "--sweep", type=_int_list, metavar="N,N,...",
+        help="also cut the Korean model at these numbers of new pieces, e.g. 4096,8192,14336,23296,32768",
+    )
     _common(p)
     p.set_defaults(func=_run_expand_vocab)
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
 
 
 def _run_expand_vocab(args: argparse.Namespace) -> int:
@@ -251,7 +279,7 @@ def _run_expand_vocab(args: argparse.Namespace) -> int:
     cfg = _stage_config(
         args, ExpandVocabConfig, "expand_vocab", corpus=tuple(args.corpus), base=args.base,
         out_dir=args.out, target_vocab_size=args.target_vocab_size, method=args.method,
-        eval_texts=tuple(args.eval_text), model=args.model,
+        eval_texts=tuple(args.eval_text), model=args.model, sweep=args.sweep,
     )
     res = expand_vocab_from_config(cfg)
     s = res.stats
@@ -263,6 +291,11 @@ def _run_expand_vocab(args: argparse.Namespace) -> int:
             f"{s['korean_tokens_per_sentence_after']:.1f} tokens/sentence, "
             f"{s['korean_chars_per_token_before']:.2f} -> {s['korean_chars_per_token_after']:.2f} chars/token"
         )
+    for row in res.sweep:
+        print(f"  sweep +{row['new_pieces']:,} ({row['vocab_size']:,} pieces): "
+              f"{row['korean_tokens_per_sentence'] or float('nan'):.2f} tokens/sentence, "
+              f"{row['korean_chars_per_token'] or float('nan'):.3f} chars/token, "
+              f"golden {row['golden_tokens']}")
     if res.report_dir:
         print(f"report: {res.report_dir}")
     if res.model_dir:
@@ -632,6 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)
+    # Any command's section may sit in a recipe; anything else there is a typo.
+    sections = sorted({p.get_default("config_section") for p in sub.choices.values()} - {None})
+    for p in sub.choices.values():
+        p.set_defaults(recipe_sections=sections)
     return parser
 
 

@@ -17,7 +17,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -58,20 +58,33 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply `section.key=value` overrides (value parsed as YAML) to a raw recipe dict."""
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str], sections: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (value parsed as YAML) to a raw recipe dict.
+
+    With `sections` (the sections the command reads), an override of any other section
+    is refused with a suggestion, so a typo like `shrad.shards=8` cannot be ignored.
+    """
     out = dict(data)
     problems = []
+    valid = f" (sections for this command: {', '.join(sections)})" if sections else ""
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"--set {item!r}: expected section.key=value")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(p.strip() for p in parts):
+            example = f"{next(iter(sections))}.{parts[-1] or 'KEY'}={raw or 'VALUE'}" if sections else ""
+            problems.append(f"--set {item!r}: expected SECTION.KEY=VALUE"
+                            + (f", e.g. --set {example}" if example else "") + valid)
+            continue
+        if sections is not None and parts[0] not in sections:
+            hint = suggest(parts[0], sections)
+            problems.append(f"--set {item!r}: unknown section {parts[0]!r}{hint}{valid}")
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        parts = key.strip().split(".")
         node = out
         for part in parts[:-1]:
             child = node.get(part)
@@ -82,6 +95,30 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     if problems:
         raise ConfigError(problems)
     return out
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """"; did you mean 'X'?" for the closest of `choices`, or "" when none is close."""
+    close = difflib.get_close_matches(str(word), sorted(map(str, choices)), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def section_problems(data: Mapping[str, Any], known: Collection[str], where: str) -> list[str]:
+    """Problems with a recipe's top level: keys that are no known section, sections that are no mapping.
+
+    `where` names the recipe file. Keys starting with `_` are kovocab's own (`_recipe_dir`).
+    """
+    problems = []
+    names = ", ".join(sorted(known))
+    for key, value in data.items():
+        if str(key).startswith("_"):
+            continue
+        if key not in known:
+            problems.append(f"{where}: unknown section '{key}'{suggest(str(key), known)} (sections: {names})")
+        elif value is not None and not isinstance(value, Mapping):
+            problems.append(f"{where}: section '{key}' must be a mapping of keys (key: value lines "
+                            f"indented under '{key}:'), got {type(value).__name__}")
+    return problems
 
 
 def load_section(cls: type[T], data: Mapping[str, Any] | None, section: str) -> T:
@@ -161,10 +198,12 @@ def _coerce(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
             value = [value]
         return tuple(_coerce(item_tp, v, f"{where}[{i}]", problems) for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-        problems.append(f"{where}: expected a mapping, got {value!r}")
-        return None
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return None
+        if len(args) == 2:  # dict[str, X]: each value built as an X (e.g. source_weights)
+            return {str(k): _coerce(args[1], v, f"{where}.{k}", problems) for k, v in value.items()}
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where, problems)  # type: ignore[arg-type]
     if tp is bool:

@@ -180,7 +180,11 @@ def _plan(
         flags["stages"] = tuple(stages)
     if force is not None:
         flags["force"] = force
-    cfg = resolve_paths(load_section(RunConfig, {SECTION: {**(data.get(SECTION) or {}), **flags}}, SECTION),
+    run_section = data.get(SECTION) or {}
+    if not isinstance(run_section, Mapping):
+        raise ConfigError(f"{SECTION}: expected a mapping of keys (out_dir, stages, ...), "
+                          f"got {type(run_section).__name__}")
+    cfg = resolve_paths(load_section(RunConfig, {SECTION: {**run_section, **flags}}, SECTION),
                         data.get("_recipe_dir"))
     wanted = _check_sections(data, cfg)
     run_dir = Path(cfg.out_dir)
