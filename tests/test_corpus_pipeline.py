@@ -220,3 +220,46 @@ def test_help_lists_the_config_keys(capsys) -> None:
         "--num-tasks",
     ):
         assert key in out
+
+
+KOLAW = DATA / "konlpy_corpus" / "kolaw" / "constitution.txt"
+
+
+def test_shard_refuses_out_holding_user_files_and_its_own_input(tmp_path, capsys) -> None:
+    """The campaign case: `--out` is the folder holding the input and the user's notes.
+    Names that only start like kovocab's (train-, eval-, config.yaml, manifest.json) are not ours."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {
+        "train-raw.txt": KOLAW.read_bytes(),  # the input itself: real Korean text
+        "eval-plan.md": "# 평가 계획\n- KoBEST 5-shot\n".encode(),
+        "config.yaml.bak": b"shard:\n  shards: 8\n",
+        "manifest.json.orig": b'{"stage": "shard", "files": {}}\n',
+    }
+    for name, data in files.items():
+        (mine / name).write_bytes(data)
+    code = main(["shard", str(mine / "train-raw.txt"), "--out", str(mine), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "kovocab: error: shard.out:" in err and "did not write" in err
+    assert all(name in err for name in files), err
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == files  # byte-identical, nothing added
+
+
+def test_shard_reruns_into_its_own_killed_folder(tmp_path, caplog) -> None:
+    """A folder left by a run killed in phase 2 (no manifest, a temporary, a stale lock) is
+    kovocab's own: the rerun finishes it; a finished folder is a no-op."""
+    cfg = ShardConfig(sources=(SourceConfig(name="kolaw", paths=(str(KOLAW),), txt_mode="paragraph"),),
+                      out=tmp_path / "out", shards=2)
+    ref = shard_corpus(cfg)
+    expected = digests(ref.out)
+    (ref.out / "manifest.json").unlink()
+    (ref.out / ".train-00000-of-00002.jsonl.gz.ab12cd34.tmp").write_bytes(b"half")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (ref.out / ".kovocab.lock").write_text(f"{dead} {os.uname().nodename}\n")
+    with caplog.at_level("WARNING", logger="kovocab.artifacts"):
+        again = shard_corpus(cfg)
+    assert not again.already_done and digests(again.out) == expected
+    assert f"taking over the lock of pid {dead}" in caplog.text
+    assert sorted(p.name for p in again.out.iterdir() if p.name.startswith(".")) == []
+    assert shard_corpus(cfg).already_done

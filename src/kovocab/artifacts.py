@@ -4,22 +4,36 @@ Every stage writes to its own folder: the outputs, `config.yaml` (the resolved
 config) and `manifest.json` (what was read, what was written with sha256, and the
 stage's statistics). Files are written to a temporary name and renamed, so a
 killed run never leaves a half-written file under a final name.
+
+Output-folder ownership: each stage names the files it writes (`Owned`); a folder holding
+anything else is refused, and only owned files are ever removed. Each stage holds an
+exclusive lock on its folder while it runs (`output_lock`, `claim_output`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 from kovocab.config import to_dict
+from kovocab.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0o022)
@@ -113,3 +127,262 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+# --- output-folder ownership ---------------------------------------------------------------
+# A stage may replace what it wrote itself and nothing else: a user's notes, the stage's
+# own input or another tool's weights in the output folder make it refuse, never delete.
+
+LOCK = ".kovocab.lock"
+# atomic_open's temporaries (.NAME.XXXXXXXX.tmp) and link_or_copy's (.NAME.link)
+_TEMP = re.compile(r"\.(?P<name>.+?)(?:\.[A-Za-z0-9_]{8}\.tmp|\.link)")
+
+
+@dataclass(frozen=True)
+class Owned:
+    """The names a stage writes in its output folder: only these are ever removed or replaced.
+
+    `files` and the keys of `dirs` are regular expressions matched against a whole name;
+    a folder maps to the spec of its contents, or to None when all of it is kovocab's
+    (DeepSpeed checkpoints). `config.yaml`, `manifest.json`, the files listed by a manifest
+    of `stage` in the folder and kovocab's temporaries of these names are owned too. Dot
+    files are neither owned nor foreign: kovocab leaves them alone and manifests skip them.
+    """
+
+    stage: str
+    files: tuple[str, ...] = ()
+    dirs: Mapping[str, Owned | None] = field(default_factory=dict)
+
+    def with_names(self, *names: str) -> Owned:
+        """This spec plus exact file names (those a run computes from its inputs)."""
+        return replace(self, files=(*self.files, *(re.escape(n) for n in names)))
+
+    def owns_file(self, name: str, listed: frozenset[str] = frozenset()) -> bool:
+        return (name in (CONFIG, MANIFEST) or name in listed
+                or any(re.fullmatch(pattern, name) for pattern in self.files))
+
+    def dir_spec(self, name: str) -> tuple[bool, Owned | None]:
+        """(owned?, spec of its contents) for a subfolder `name`."""
+        for pattern, spec in self.dirs.items():
+            if re.fullmatch(pattern, name):
+                return True, spec
+        return False, None
+
+
+def exact(*names: str) -> tuple[str, ...]:
+    """Patterns for exact file names, for `Owned.files`."""
+    return tuple(re.escape(n) for n in names)
+
+
+def _listed(folder: Path, stage: str) -> frozenset[str]:
+    """Top-level files a manifest of `stage` in `folder` lists (kovocab wrote them)."""
+    manifest = read_manifest(folder)
+    if not manifest or manifest.get("stage") != stage or not isinstance(manifest.get("files"), dict):
+        return frozenset()
+    return frozenset(n for n in manifest["files"] if isinstance(n, str) and "/" not in n)
+
+
+def _survey(folder: Path, owned: Owned, prefix: str = "") -> tuple[list[Path], list[Path], list[str]]:
+    """(owned files and wholly-owned folders, owned folders with a spec, foreign names) in `folder`."""
+    listed = _listed(folder, owned.stage)
+    mine: list[Path] = []
+    specced: list[Path] = []
+    foreign: list[str] = []
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        if name.startswith("."):
+            temp = _TEMP.fullmatch(name)
+            if temp and not p.is_dir() and owned.owns_file(temp["name"], listed):
+                mine.append(p)
+            continue
+        if p.is_dir():
+            is_ours, spec = owned.dir_spec(name)
+            if not is_ours:
+                foreign.append(f"{prefix}{name}/")
+            elif spec is None or p.is_symlink():  # removing a link never touches its target
+                mine.append(p)
+            else:
+                sub_mine, sub_specced, sub_foreign = _survey(p, spec, f"{prefix}{name}/")
+                mine += sub_mine
+                specced += [*sub_specced, p]
+                foreign += sub_foreign
+        elif owned.owns_file(name, listed):
+            mine.append(p)
+        else:
+            foreign.append(prefix + name)
+    return mine, specced, foreign
+
+
+def check_output(out: str | Path, owned: Owned, where: str) -> list[Path]:
+    """Refuse `out` if it holds anything `owned` does not name; return what it owns there."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{where}: {out} is a file; give a folder")
+    if not out.is_dir():
+        return []
+    mine, _, foreign = _survey(out, owned)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{where}: {out} holds files kovocab did not write ({shown}); kovocab writes only into "
+            "a new or empty folder or its own earlier output there, and never removes other files. "
+            "Move them away or choose another folder"
+        )
+    return mine
+
+
+def remove_outputs(out: str | Path, owned: Owned, where: str, keep: frozenset[str] = frozenset()) -> None:
+    """Remove the files `owned` names in `out` (refusing first if anything else is there).
+
+    The manifest goes first, so a folder removed half-way never looks finished. `keep`:
+    names relative to `out` to leave in place.
+    """
+    out = Path(out)
+    check_output(out, owned, where)
+    if not out.is_dir():
+        return
+    if MANIFEST not in keep:
+        (out / MANIFEST).unlink(missing_ok=True)
+    _, specced, _ = _survey(out, owned)
+    for p in check_output(out, owned, where):
+        if str(p.relative_to(out)) in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    for d in specced:  # deepest first; a folder still holding dot files or kept names stays
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+# --- locks ---------------------------------------------------------------------------------
+# flock(2) on OUT/.kovocab.lock, which names the holder ("PID HOST"). The kernel drops a
+# flock when its process dies, so a lock left by a killed run is free; the file it left is
+# taken over with a log line. Limitation: on NFS, flock is a lock on the server only when
+# the client maps it to NFS locks (Linux does unless mounted `local_lock=flock|all` or
+# `nolock`); otherwise runs on two machines do not see each other's lock. The holder's
+# host is checked too: a lock file naming another machine is never taken over, so a run
+# killed there leaves a file to delete by hand (the message says which).
+
+_HELD: dict[str, tuple[int, int]] = {}  # realpath -> (pid, depth): nested locks in one process
+
+
+@contextmanager
+def output_lock(out: str | Path, where: str | None = None) -> Iterator[Path]:
+    """Hold the exclusive lock on folder `out` (created if missing) for the block.
+
+    Re-entrant within a process, so a stage inside `kovocab run` or another stage may lock a
+    folder its caller holds. Another process gets OutputError: "OUT is in use by pid N on HOST".
+    """
+    out = Path(out)
+    label = f"{where}: " if where else ""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{label}{out} is a file; give a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{label}cannot create the output folder {out} ({exc.strerror}); "
+                          "choose a folder you can write to") from exc
+    key = os.path.realpath(out)
+    held = _HELD.get(key)
+    if held is not None and held[0] == os.getpid():
+        _HELD[key] = (held[0], held[1] + 1)
+        try:
+            yield out
+        finally:
+            _HELD[key] = (held[0], _HELD[key][1] - 1)
+        return
+    fd = _acquire(out, label)
+    _HELD[key] = (os.getpid(), 1)
+    try:
+        yield out
+    finally:
+        del _HELD[key]
+        try:
+            os.unlink(out / LOCK)  # before the unlock: the next run makes a fresh file
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        if created:
+            try:
+                out.rmdir()  # made only for the lock and left empty (the stage failed early)
+            except OSError:
+                pass
+
+
+def _acquire(out: Path, label: str) -> int:
+    import fcntl
+
+    path = out / LOCK
+    host = socket.gethostname()
+    for _ in range(200):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{label}cannot write to {out} ({exc.strerror}); "
+                              "choose a folder you can write to") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputError(f"{label}cannot lock {path} ({exc.strerror})") from exc
+            if holder is None:  # the holder has not written its name yet
+                time.sleep(0.02)
+                continue
+            raise OutputError(f"{out} is in use by pid {holder[0]} on {holder[1]}; wait for that run "
+                              "to finish or choose another folder") from None
+        try:
+            same = os.path.samestat(os.stat(path), os.fstat(fd))
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder released (and unlinked) it between our open and flock
+            os.close(fd)
+            continue
+        holder = _holder(fd)
+        if holder is not None:
+            pid, where = holder
+            if where != host or (pid != os.getpid() and _alive(pid)):
+                os.close(fd)
+                raise OutputError(
+                    f"{out} is in use by pid {pid} on {where} (its lock file {path} is not held "
+                    "here, but kovocab cannot tell that the run has ended); if no kovocab runs there, "
+                    f"delete {path}"
+                )
+            log.warning("%s: taking over the lock of pid %d on %s, which is no longer running",
+                        out, pid, where)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {host}\n".encode(), 0)
+        return fd
+    raise OutputError(f"{label}could not lock {path}: it keeps changing; is another run starting?")
+
+
+def _holder(fd: int) -> tuple[int, str] | None:
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").split()
+        return int(text[0]), text[1]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def claim_output(out: str | Path, owned: Owned, where: str) -> Iterator[Path]:
+    """Lock `out` for this run and refuse it when it holds files the stage did not write."""
+    with output_lock(out, where) as folder:
+        check_output(folder, owned, where)
+        yield folder

@@ -54,3 +54,7 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module, extra, purpose) from exc
+
+
+class OutputError(KovocabError):
+    """An output folder kovocab must not write to: it holds files kovocab did not write, or another run."""

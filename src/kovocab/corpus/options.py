@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kovocab.artifacts import Owned
 from kovocab.config import load_section, opt, resolve_path
 
 Format = Literal["auto", "txt", "jsonl", "json", "tsv", "csv", "parquet", "arrow"]
 Encoding = Literal["auto", "utf-8", "cp949", "euc-kr"]
 
 SECTION = "shard"
+# What `shard` writes in its folder; anything else there makes it refuse (artifacts.Owned).
+OUTPUTS = Owned(SECTION, files=(r"(train|eval)-\d{5}-of-\d{5}\.(jsonl\.gz|parquet)", r"quarantine\.jsonl"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -101,6 +104,11 @@ class ShardConfig:
         0, "split each input into this many tasks by record number; 0: one per worker for inputs over 4 MiB"
     )
     gzip_level: int = opt(1, "gzip level of the JSONL shards (1: fastest; output is identical for a level)")
+    allow_low_yield: bool = opt(
+        False,
+        "finish even when no document is kept or over half of the records are quarantined; by default "
+        "that stops with an error before any shard is written (usually a wrong encoding, format or field)",
+    )
 
     def check(self) -> list[str]:
         problems = []

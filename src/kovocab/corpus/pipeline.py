@@ -15,22 +15,32 @@ import multiprocessing
 import shutil
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kovocab.artifacts import MANIFEST, read_manifest, write_config, write_manifest
+from kovocab.artifacts import (
+    MANIFEST,
+    check_output,
+    claim_output,
+    read_manifest,
+    remove_outputs,
+    write_config,
+    write_manifest,
+)
 from kovocab.config import to_dict
+from kovocab.corpus.decoding import CP949_HINT, SNIFF_BYTES
 from kovocab.corpus.inputs import InputFile, probe, with_sha256
-from kovocab.corpus.merge import merge_tasks
-from kovocab.corpus.options import SECTION, ShardConfig
+from kovocab.corpus.merge import QUARANTINE_REASONS, merge_tasks
+from kovocab.corpus.options import OUTPUTS, SECTION, ShardConfig
 from kovocab.corpus.tasks import WORK, Task, is_done, make_tasks, plan_tasks, run_task
-from kovocab.errors import InputError
+from kovocab.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-_OURS = ("train-", "eval-", "quarantine.jsonl", "config.yaml", MANIFEST)
+MAX_SKIPPED_LISTED = 1000  # skipped files listed in the manifest (all are counted)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ def config_fingerprint(cfg: ShardConfig) -> str:
         "version": __version__,
         "config": to_dict(dataclasses.replace(cfg, out=Path("."), parts_per_file=0)),
     }
+    body["config"].pop("allow_low_yield")  # decides only whether to finish, not what phase 1 writes
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -88,29 +99,14 @@ def _finished(out: Path, fp: str) -> dict[str, Any] | None:
 
 
 def _prepare_out(out: Path) -> None:
-    """Make `out` ready for a fresh phase 2; refuse a folder that is not ours."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"shard.out: {out} is a file; give a folder")
-    if out.is_dir():
-        foreign = [
-            p.name
-            for p in out.iterdir()
-            if p.name != WORK and not p.name.startswith(_OURS) and not p.name.startswith(".")
-        ]
-        if foreign:
-            raise InputError(
-                f"shard.out: {out} holds files kovocab did not write ({', '.join(sorted(foreign)[:5])}); "
-                "give an empty or new folder"
-            )
+    """Make `out` ready for phase 1; refuse a folder holding files `shard` does not write."""
+    check_output(out, OUTPUTS, "shard.out")
     (out / WORK).mkdir(parents=True, exist_ok=True)
 
 
 def _clean_previous(out: Path) -> None:
-    # The manifest goes first: without it no half-replaced folder looks finished.
-    (out / MANIFEST).unlink(missing_ok=True)
-    for p in out.iterdir():
-        if p.is_file() and (p.name.startswith(_OURS) or (p.name.startswith(".") and p.name.endswith(".tmp"))):
-            p.unlink()
+    # Only the exact names shard writes (and .work stays: phase 2 reads it).
+    remove_outputs(out, OUTPUTS, "shard.out")
 
 
 def _result(out: Path, manifest: dict[str, Any], tasks_run: int, already: bool) -> ShardResult:
@@ -130,10 +126,88 @@ def _result(out: Path, manifest: dict[str, Any], tasks_run: int, already: bool) 
     )
 
 
+def _log_skipped(skipped: list[dict[str, str]]) -> None:
+    """Say which files of the input folders are not read (hidden, or no known format)."""
+    if not skipped:
+        return
+    by_reason = Counter(e["reason"] for e in skipped)
+    shown = ", ".join(Path(e["path"]).name for e in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    log.warning(
+        "skipped %d file(s) in the input folders (%s): %s; they are listed in manifest.json "
+        "(skipped_files); name a file with an unknown extension directly, with format:, to read it",
+        len(skipped), ", ".join(f"{n} {r}" for r, n in sorted(by_reason.items())), shown)
+
+
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers: must be at least 1 (processes for phase 1), got {workers}")
+
+
+def check_yield(cfg: ShardConfig, tasks: list[Task], work: Path) -> None:
+    """After phase 1, before any output is replaced: warn about CP949 text found past the
+    sniffed sample, and stop when nothing is kept or most records are quarantined."""
+    summaries = [json.loads(t.path(work, ".done.json").read_text(encoding="utf-8")) for t in tasks]
+    for t in tasks:
+        if cfg.sources[t.inp.source].encoding == "auto" and t.inp.encoding == "utf-8":
+            n = _count_cp949_lines(t.path(work, ".quarantine.jsonl"))
+            if n:
+                log.warning(
+                    "%s: %d line(s) past the first %d KiB are not UTF-8 but decode as CP949 (quarantined as "
+                    "invalid-encoding); the encoding was detected from the start of the file only: set "
+                    "encoding: cp949 for this source (--encoding cp949) or convert the file to UTF-8",
+                    t.inp.path, n, SNIFF_BYTES // 1024)
+    records = sum(s["records"] for s in summaries)
+    kept = sum(s["kept"] for s in summaries)
+    quarantined = sum(n for s in summaries for k, n in s["dropped"].items() if k in QUARANTINE_REASONS)
+    reasons: Counter[str] = Counter()
+    for s in summaries:
+        reasons.update({k: n for k, n in s["dropped"].items() if k in QUARANTINE_REASONS})
+    problem = None
+    if records and kept == 0:
+        problem = f"no document of {records} was kept"
+    if records and 2 * quarantined > records:
+        problem = f"{quarantined} of {records} records were quarantined"
+    if problem is None:
+        return
+    top = ", ".join(f"{k}: {n}" for k, n in reasons.most_common(3)) or "none quarantined"
+    drops: Counter[str] = Counter()
+    for s in summaries:
+        drops.update(s["dropped"])
+    why = ", ".join(f"{k}: {n}" for k, n in drops.most_common(4))
+    message = (
+        f"shard: {problem} (dropped by reason: {why}; quarantined: {top}); this is usually a wrong "
+        "encoding, format or field (see the first entries of .work/*.quarantine.jsonl under "
+        f"{cfg.out}). Fix the source, or accept it with --set shard.allow_low_yield=true "
+        "(allow_low_yield: true in the recipe)"
+    )
+    if not cfg.allow_low_yield:
+        raise InputError(message)
+    log.warning("%s; allowed by allow_low_yield", message.split("; this is usually")[0])
+
+
+def _count_cp949_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if CP949_HINT in line)
+
+
 def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = None) -> ShardResult:
-    """Run stage `shard` (both phases) and return where its outputs are."""
+    """Run stage `shard` (both phases) and return where its outputs are.
+
+    Holds the lock on `cfg.out` while it runs; a folder holding files that `shard` does not
+    write (anything but its shards, quarantine.jsonl, config.yaml, manifest.json) is refused.
+    """
+    with claim_output(cfg.out, OUTPUTS, "shard.out"):
+        return _shard_corpus(cfg, workers, progress)
+
+
+def _shard_corpus(cfg: ShardConfig, workers: int, progress: bool | None) -> ShardResult:
+    _check_workers(workers)
     out = Path(cfg.out)
-    inputs = probe(cfg)
+    skipped: list[dict[str, str]] = []
+    inputs = probe(cfg, skipped=skipped)
+    _log_skipped(skipped)
     _check_not_all_empty(inputs)
     fp = fingerprint(cfg, inputs)
     manifest = _finished(out, fp)
@@ -144,6 +218,7 @@ def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = Non
     work = out / WORK
     tasks = plan_tasks(inputs, cfg, config_fingerprint(cfg), work, workers)
     ran = run_tasks([t for t in tasks if not is_done(t, work)], cfg, work, workers, progress)
+    check_yield(cfg, tasks, work)
     _clean_previous(out)
     write_config(out, SECTION, cfg)
     body = merge_tasks(cfg, inputs, tasks, out, progress=_show(progress))
@@ -151,6 +226,9 @@ def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = Non
     # a kill in between just means phase 1 runs again.
     shutil.rmtree(work, ignore_errors=True)
     stats = body.pop("stats")
+    stats["skipped_files"] = len(skipped)
+    stats["skipped_by_reason"] = dict(sorted(Counter(e["reason"] for e in skipped).items()))
+    body["skipped_files"] = skipped[:MAX_SKIPPED_LISTED]
     write_manifest(out, SECTION, stats, fingerprint=fp, config_fingerprint=config_fingerprint(cfg), **body)
     manifest = read_manifest(out)
     assert manifest is not None  # just written
@@ -170,8 +248,11 @@ def shard_tasks(
     """Phase 1 only, for task `task` of `num_tasks` (a cluster array job); returns tasks run.
 
     Every array task plans the same list of phase-1 tasks and takes every
-    num_tasks-th; a final `kovocab shard` without --task then merges.
+    num_tasks-th; a final `kovocab shard` without --task then merges. Array tasks run at
+    the same time by design, so they take no lock (each writes only its own task files
+    under .work/); the final merge holds it.
     """
+    _check_workers(workers)
     if not 0 <= task < num_tasks:
         raise InputError(f"--task {task} is not in 0..{num_tasks - 1} (--num-tasks {num_tasks})")
     out = Path(cfg.out)
