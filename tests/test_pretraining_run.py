@@ -206,3 +206,61 @@ def test_config_typo_and_missing_model_are_clear_errors(setup: dict[str, Any], t
     err = capsys.readouterr().err
     assert f"kovocab: error: pretrain.model_dir: no Hugging Face model at {tmp_path / 'nope'}" in err
     assert not (tmp_path / "x").exists()
+
+
+class _Payload:
+    """Unpickling this runs `open(marker, "w")`: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_crafted_rank_state_is_refused_without_running_code(tmp_path: Path) -> None:
+    import torch
+
+    from kovocab.errors import InputError
+    from kovocab.pretraining.checkpoint import load_rank_state, write_rank_state
+
+    marker = tmp_path / "pwned"
+    tag = tmp_path / "checkpoints" / "step-00000003"
+    tag.mkdir(parents=True)
+    torch.save({"data": {}, "step": 3, "stage": 0, "rng": _Payload(marker)}, tag / "kovocab_rank0.pt")
+    with pytest.raises(InputError, match=r"kovocab_rank0\.pt: refused to load this checkpoint file") as err:
+        load_rank_state(tmp_path / "checkpoints", "step-00000003", 0)
+    assert not marker.exists()
+    assert "(io.open)" in str(err.value) and f"Delete {tag}" in str(err.value)
+    # DeepSpeed unpickles its own files without restriction: a crafted one is refused before that.
+    write_rank_state(tag / "kovocab_rank0.pt", {"data": {}, "step": 3, "stage": 0})
+    torch.save({"module": None, "x": _Payload(marker)}, tag / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    with pytest.raises(InputError, match=r"zero_pp_rank_0_mp_rank_00_model_states\.pt: refused to load"):
+        load_rank_state(tmp_path / "checkpoints", "step-00000003", 0)
+    assert not marker.exists()
+    (tag / "zero_pp_rank_0_mp_rank_00_model_states.pt").unlink()
+    assert load_rank_state(tmp_path / "checkpoints", "step-00000003", 0)["step"] == 3
+
+
+def test_rank_state_round_trips_every_rng_exactly(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    from kovocab.pretraining.checkpoint import load_rank_state, set_rng_state, write_rank_state
+
+    def draws() -> tuple[Any, ...]:
+        return (random.random(), random.gauss(0, 1), float(np.random.standard_normal()),
+                float(np.random.rand()), torch.rand(3).tolist())
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.standard_normal()  # leave a cached Gaussian in both generators
+    data = {"version": 1, "main": {"epoch": 0, "index": 7}, "replay": None}
+    write_rank_state(tmp_path / "step-00000001" / "kovocab_rank0.pt", {"data": data, "step": 1, "stage": 0})
+    expected = draws()
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    state = load_rank_state(tmp_path, "step-00000001", 0)
+    set_rng_state(state["rng"])
+    assert draws() == expected
+    assert state["data"] == data and state["step"] == 1
