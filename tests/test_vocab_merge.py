@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from kovocab.cli import main
-from kovocab.errors import KovocabError, TokenizerError
+from kovocab.errors import InputError, KovocabError, TokenizerError
 from kovocab.tokenizer_export import load_proto
 from kovocab.tokenizer_training import (
     DELIMITER,
@@ -254,6 +254,56 @@ def test_training_errors_are_clear(tmp_path: Path) -> None:
     ]:
         with pytest.raises(KovocabError, match=message):
             _train(tmp_path / "out", corpus=corpus)
+
+
+def test_jsonl_records_without_text_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 12.4: null, lists and dicts became the sentences "None" and "['...']".
+    import json
+
+    from kovocab.tokenizer_training import iter_corpus_texts
+
+    records = [json.loads(line) for f in NOVELS[:4] for line in f.read_text(encoding="utf-8").splitlines()]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    bad = [{"text": None}, {"text": ["목록 안의 문장"]}, {"text": {"본문": "사전"}}, {"text": 42},
+           {"text": "널\u0000문자"}]
+    dirty = tmp_path / "dirty.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    for i, r in enumerate(bad):
+        lines.insert(1 + 3 * i, json.dumps(r, ensure_ascii=False))
+    dirty.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    assert list(iter_corpus_texts([dirty])) == [r["text"] for r in records]
+
+    def train(corpus: Path, out: str):  # type: ignore[no-untyped-def]
+        cfg = TokenizerTrainingConfig(corpus=(corpus,), out_dir=tmp_path / out, vocab_size=2000)
+        return train_tokenizer(cfg)
+
+    ref = train(clean, "a")
+    with caplog.at_level("WARNING"):
+        res = train(dirty, "b")
+    assert (res.sentences, res.sentences_seen) == (ref.sentences, ref.sentences_seen)
+    assert res.model_path.read_bytes() == ref.model_path.read_bytes()
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["stats"]["skipped_records"] == {"not-text": 4, "nul-byte": 1}
+    assert f"{dirty}: skipped 5 record(s) whose 'text' is not usable text (4 not-text, 1 nul-byte; " \
+           "first at line 2)" in caplog.text
+
+
+def test_jsonl_lines_that_are_no_records_are_refused_at_their_line(tmp_path: Path) -> None:
+    # Issue 12.4: a bare JSON string crashed with TypeError; JSON errors named the next line.
+    from kovocab.tokenizer_training import iter_corpus_texts
+
+    path = tmp_path / "x.jsonl"
+    for second, message in [('"안녕하세요"', r"x.jsonl:2: a JSON string, not an object with a 'text' field"),
+                            ("[1, 2]", r"x.jsonl:2: a JSON list, not an object"),
+                            ("7", r"x.jsonl:2: a JSON number, not an object"),
+                            ('{"text": "깨진', r"x.jsonl:2: invalid JSON \(")]:
+        path.write_text('{"text": "첫 줄"}\n' + second + '\n{"text": "셋째"}\n', encoding="utf-8")
+        with pytest.raises(InputError, match=message):
+            list(iter_corpus_texts([path]))
 
 
 def test_cli_train_then_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ NLP Tasks") while the pieces stay valid on raw text: encoding never runs Kiwi.
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import io
 import json
@@ -17,7 +18,8 @@ import logging
 import lzma
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -115,6 +117,8 @@ def _open_text(path: Path) -> io.TextIOBase:
 def _iter_file(path: Path, text_field: str) -> Iterator[str]:
     is_jsonl = ".jsonl" in path.suffixes
     line_no = 0
+    skipped: dict[str, int] = {}
+    first_skip = 0
     try:
         with _open_text(path) as f:
             for line_no, line in enumerate(f, 1):
@@ -123,13 +127,14 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
                     continue
                 if not line.strip():
                     continue
-                record = json.loads(line)
-                if text_field not in record:
-                    raise InputError(
-                        f"{path}:{line_no}: no field '{text_field}' (fields: "
-                        f"{', '.join(sorted(record))}); set tokenizer_training.text_field"
-                    )
-                yield str(record[text_field])
+                text, reason = _record_text(json.loads(line), text_field, path, line_no)
+                if reason is None:
+                    yield text
+                    continue
+                # As `kovocab shard` quarantines them: a null, list, dict or number is no text,
+                # and str() of it ("None", "['…']") must not become a training sentence.
+                skipped[reason] = skipped.get(reason, 0) + 1
+                first_skip = first_skip or line_no
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: not UTF-8 {f'after line {line_no}' if line_no else 'in its first lines'} "
@@ -137,9 +142,62 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
             "first, which detects CP949/EUC-KR and quarantines undecodable lines"
         ) from exc
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{line_no + 1}: invalid JSON ({exc.msg})") from exc
+        raise InputError(f"{path}:{line_no}: invalid JSON ({exc.msg}); fix the line or run "
+                         "`kovocab shard` on the file, which quarantines broken records") from exc
     except (EOFError, lzma.LZMAError, gzip.BadGzipFile) as exc:
         raise InputError(f"{path}: compressed file is truncated or corrupt ({exc})") from exc
+    if skipped:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+        log.warning("%s: skipped %d record(s) whose '%s' is not usable text (%s; first at line %d)",
+                    path, sum(skipped.values()), text_field, counts, first_skip)
+    collector = _SKIPPED.get()
+    if collector is not None:  # set per file, so a second pass over the file counts once
+        collector[str(path)] = skipped
+
+
+def _record_text(record: Any, text_field: str, path: Path, line_no: int) -> tuple[str, str | None]:
+    """(text, None), or ("", reason) for a record to skip; InputError for a line that is no record."""
+    from kovocab.corpus.decoding import value_text
+
+    if not isinstance(record, dict):
+        kind = {type(None): "null", str: "string", list: "list", bool: "boolean"}.get(type(record), "number")
+        raise InputError(
+            f"{path}:{line_no}: a JSON {kind}, not an object with a '{text_field}' field; write one "
+            f'object per line ({{"{text_field}": "..."}}), or plain text lines in a .txt file'
+        )
+    if text_field not in record:
+        raise InputError(
+            f"{path}:{line_no}: no field '{text_field}' (fields: "
+            f"{', '.join(sorted(record))}); set tokenizer_training.text_field"
+        )
+    text, problem = value_text(record[text_field], b"", [text_field])
+    return (text, None) if text is not None else ("", problem.reason if problem else "not-text")
+
+
+# Filled by `collect_skipped`: {file: {reason: records}} of JSONL records the reader skipped.
+_SKIPPED: contextvars.ContextVar[dict[str, dict[str, int]] | None] = contextvars.ContextVar(
+    "kovocab_skipped", default=None)
+
+
+@contextmanager
+def collect_skipped() -> Iterator[dict[str, dict[str, int]]]:
+    """Record, for the texts `iter_corpus_texts` yields inside the block, the JSONL records it
+    skipped per file and reason (`not-text`, `nul-byte`, `invalid-encoding`), for a manifest."""
+    found: dict[str, dict[str, int]] = {}
+    token = _SKIPPED.set(found)
+    try:
+        yield found
+    finally:
+        _SKIPPED.reset(token)
+
+
+def skipped_summary(found: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """{reason: records} over every file, for a manifest's stats."""
+    total: dict[str, int] = {}
+    for per_file in found.values():
+        for reason, n in per_file.items():
+            total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
 
 
 def sample_sentences(texts: Iterable[str], k: int, seed: int) -> tuple[list[str], int]:
@@ -199,9 +257,11 @@ def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
     import sentencepiece as spm
 
     start = time.perf_counter()
-    sentences, seen = sample_sentences(
-        iter_corpus_texts(cfg.corpus, cfg.text_field), cfg.max_sentences, cfg.seed
-    )
+    with collect_skipped() as skipped_files:
+        sentences, seen = sample_sentences(
+            iter_corpus_texts(cfg.corpus, cfg.text_field), cfg.max_sentences, cfg.seed
+        )
+    skipped = skipped_summary(skipped_files)
     if not sentences:
         raise InputError(f"tokenizer_training.corpus: no text found in {list(map(str, cfg.corpus))}")
     log.info("training %s on %d of %d sentences", cfg.method, len(sentences), seen)
@@ -247,7 +307,8 @@ def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
     write_manifest(
         out,
         "tokenizer_training",
-        {"sentences": len(sentences), "sentences_seen": seen, "vocab_size": cfg.vocab_size},
+        {"sentences": len(sentences), "sentences_seen": seen, "vocab_size": cfg.vocab_size,
+         "skipped_records": skipped},
         inputs={str(p): _digest(Path(p)) for p in cfg.corpus},
     )
     return result
