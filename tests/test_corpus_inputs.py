@@ -12,6 +12,7 @@ import bz2
 import gzip
 import json
 import lzma
+import re
 from pathlib import Path
 
 import pytest
@@ -213,7 +214,9 @@ def test_bad_json_lines_and_non_text_values_are_quarantined(tmp_path, reviews, c
         json.dumps({"text": reviews[2]}, ensure_ascii=False),
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    code, err = run([str(path), "--out", str(tmp_path / "out")], capsys)
+    # 3 of 5 quarantined is "most of the input": accepted only when asked.
+    allow = ["--set", "shard.allow_low_yield=true"]
+    code, err = run([str(path), "--out", str(tmp_path / "out"), *allow], capsys)
     assert code == 0, err
     m = manifest(tmp_path / "out")
     assert m["stats"]["dropped_by_reason"] == {"bad-json": 1, "missing-field": 1, "not-text": 1}
@@ -273,3 +276,91 @@ def test_parquet_is_read_through_datasets(tmp_path, reviews, capsys) -> None:
     )
     assert code == 0, err
     assert kept_texts(tmp_path / "out") == sorted(reviews[:6])
+
+
+def test_wrong_encoding_quarantining_everything_fails_unless_allowed(tmp_path, capsys, caplog) -> None:
+    texts = nsmc_reviews(200)
+    (tmp_path / "utf8.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    args = [str(tmp_path / "utf8.txt"), "--encoding", "cp949", "--out", str(tmp_path / "out")]
+    code, err = run(args, capsys)
+    # One review happens to decode as CP949 (into non-Hangul text the filters drop); the rest cannot.
+    assert code == 1 and "kovocab: error: shard: no document of 200 was kept and 199 of 200 records were " \
+        "quarantined (dropped by reason: invalid-encoding: 199, low-hangul: 1" in err, err
+    assert "shard.allow_low_yield=true" in err
+    assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("train-*"))
+    code, err = run([*args, "--set", "shard.allow_low_yield=true"], capsys)
+    assert code == 0, err
+    m = manifest(tmp_path / "out")
+    assert m["stats"]["kept"] == 0 and m["stats"]["quarantined"] == 199 and balanced(m)
+    assert "allowed by allow_low_yield" in caplog.text
+
+
+def test_no_document_kept_by_the_filters_fails_unless_allowed(tmp_path, capsys) -> None:
+    (tmp_path / "en.txt").write_text("An English line.\nAnother English line.\n", encoding="utf-8")
+    code, err = run([str(tmp_path / "en.txt"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and "no document of 2 was kept" in err and "low-hangul" in err, err
+
+
+def test_cp949_past_the_sniffed_sample_is_warned_about(tmp_path, capsys, caplog) -> None:
+    texts = nsmc_reviews(1200)
+    head = ("\n".join(texts[:1100]) + "\n").encode("utf-8")
+    assert len(head) > 65536  # the sniffed sample is all UTF-8
+    tail = [t for t in texts[1100:] if t.encode("euc-kr", errors="ignore").decode("euc-kr") == t][:20]
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(head + ("\n".join(tail) + "\n").encode("cp949"))
+    code, err = run([str(path), "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert manifest(tmp_path / "out")["inputs"][0]["encoding"] == "utf-8"
+    assert f"{len(tail)} line(s) past the first 64 KiB are not UTF-8 but decode as CP949" in caplog.text
+    assert "encoding: cp949" in caplog.text
+    assert all(q["detail"].endswith("the line decodes as CP949") for q in quarantine(tmp_path / "out"))
+
+
+def test_skipped_folder_files_are_logged_and_counted(tmp_path, reviews, capsys, caplog) -> None:
+    folder = tmp_path / "in"
+    (folder / ".git").mkdir(parents=True)
+    (folder / "a.txt").write_text("\n".join(reviews[:10]) + "\n", encoding="utf-8")
+    (folder / "README").write_text("about this corpus\n")
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / ".hidden.txt").write_text(reviews[10] + "\n", encoding="utf-8")
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    code, err = run([str(folder), "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    m = manifest(tmp_path / "out")
+    assert m["stats"]["skipped_files"] == 4
+    assert m["stats"]["skipped_by_reason"] == {"hidden": 2, "unknown format": 2}
+    names = sorted(Path(e["path"]).name for e in m["skipped_files"])
+    assert names == [".hidden.txt", "HEAD", "README", "logo.png"]
+    assert "skipped 4 file(s) in the input folders (2 hidden, 2 unknown format)" in caplog.text
+    assert m["stats"]["kept"] == 10
+
+
+def test_zero_byte_xz_is_called_empty_not_unknown(tmp_path, reviews, capsys) -> None:
+    (tmp_path / "x.txt.xz").write_bytes(b"")
+    code, err = run([str(tmp_path / "x.txt.xz"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and "x.txt.xz: the file is empty (0 bytes), so it is not valid xz data" in err, err
+    assert "cannot tell the format" not in err
+    (tmp_path / "y.txt.gz").write_text(reviews[0] + "\n", encoding="utf-8")  # not compressed at all
+    code, err = run([str(tmp_path / "y.txt.gz"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and "y.txt.gz: named .gz but it does not start like gzip data" in err, err
+
+
+def test_truncated_gzip_says_how_much_was_read(tmp_path, capsys) -> None:
+    data = ("\n".join(nsmc_reviews(2000)) + "\n").encode()
+    packed = gzip.compress(data)
+    path = tmp_path / "cut.txt.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    code, err = run([str(path), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1
+    m = re.search(r"truncated or corrupt: (\d+) bytes decompressed, then it stopped at byte (\d+) of (\d+)",
+                  err)
+    assert m, err
+    assert 0 < int(m.group(1)) < len(data) and int(m.group(2)) == int(m.group(3)) == len(packed) // 2
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_below_one_is_a_config_error(tmp_path, reviews, capsys, workers) -> None:
+    (tmp_path / "a.txt").write_text("\n".join(reviews[:5]) + "\n", encoding="utf-8")
+    code, err = run([str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"), "--workers", workers], capsys)
+    assert code == 1
+    assert f"kovocab: error: --workers: must be at least 1 (processes for phase 1), got {workers}" in err

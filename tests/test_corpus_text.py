@@ -134,3 +134,24 @@ def test_kiwi_splits_real_text_one_sentence_per_line(tmp_path) -> None:
     (tmp_path / "in.txt").write_text(review + "\n", encoding="utf-8")
     res = shard_corpus(cfg(tmp_path, split_sentences=True, eval_permille=0))
     assert list(iter_shard_texts(res.out)) == [out[0]]
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n", "\n"])
+def test_every_line_ending_makes_one_document_per_line(tmp_path, long_reviews, ending) -> None:
+    texts = long_reviews[:100]
+    (tmp_path / "in.txt").write_bytes(ending.join(texts).encode("utf-8") + ending.encode())
+    res = shard_corpus(cfg(tmp_path))
+    assert res.docs_in == 100 and res.kept == 100
+    out = tmp_path / "out"
+    assert sorted([*iter_shard_texts(out, "train"), *iter_shard_texts(out, "eval")]) == sorted(texts)
+
+
+def test_crlf_split_across_read_blocks_is_one_line_end() -> None:
+    import io
+
+    from kovocab.corpus.decoding import BLOCK_BYTES, iter_line_chunks
+
+    first = b"a" * (BLOCK_BYTES - 1) + b"\r"  # the CR ends one read block, its LF starts the next
+    data = first + b"\nb\rc\r"
+    lines = b"".join(c for c in iter_line_chunks(io.BytesIO(data), 4 * BLOCK_BYTES) if isinstance(c, bytes))
+    assert lines.split(b"\n") == [b"a" * (BLOCK_BYTES - 1) + b"\r", b"b", b"c", b""]

@@ -17,11 +17,15 @@ from kovocab.errors import InputError
 BLOCK_BYTES = 1 << 20
 SNIFF_BYTES = 1 << 16
 RAW_KEEP_BYTES = 4096  # how much of a quarantined record is kept, base64, in quarantine.jsonl
+# Ends the detail of a line that is not UTF-8 but is CP949: the file was sniffed as UTF-8
+# from its first SNIFF_BYTES, and CP949 text starts later (counted and warned about).
+CP949_HINT = "; the line decodes as CP949"
 
 # euc-kr is a strict subset of cp949 (Microsoft's extension): decoding as cp949
 # accepts every EUC-KR file and also the 8,822 extra syllables UHC added.
 CODECS = {"utf-8": "utf-8", "cp949": "cp949", "euc-kr": "cp949"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_CR = re.compile(rb"\r(?!\n)")
 
 
 @dataclass
@@ -86,16 +90,13 @@ def iter_line_chunks(stream: BinaryIO, limit: int) -> Iterator[bytes | Overlong]
     """Complete lines in chunks of about BLOCK_BYTES; a line over `limit` bytes as an Overlong.
 
     Memory stays within limit + BLOCK_BYTES whatever the line lengths: an over-long
-    line is skipped while only its head and length are kept.
+    line is skipped while only its head and length are kept. Line ends are universal
+    newlines, as Python's text mode reads them: a lone CR (classic Mac files) ends a
+    line like LF and is turned into LF; CRLF stays for the normaliser to strip.
     """
     carry = b""
     skipping: Overlong | None = None
-    first = True
-    while block := stream.read(BLOCK_BYTES):
-        if first:
-            first = False
-            if block.startswith(b"\xef\xbb\xbf"):
-                block = block[3:]
+    for block in _blocks(stream):
         if skipping is not None:
             nl = block.find(b"\n")
             if nl < 0:
@@ -121,6 +122,31 @@ def iter_line_chunks(stream: BinaryIO, limit: int) -> Iterator[bytes | Overlong]
         yield carry
 
 
+def _blocks(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream in blocks of about BLOCK_BYTES, BOM dropped, every lone CR made an LF.
+
+    A CR at the end of a block is held back until the next block shows whether an LF
+    follows it, so a CRLF split across two blocks stays one line end.
+    """
+    held = b""
+    first = True
+    while block := stream.read(BLOCK_BYTES):
+        if first:
+            first = False
+            if block.startswith(b"\xef\xbb\xbf"):
+                block = block[3:]
+        if held:
+            block, held = held + block, b""
+        if b"\r" in block:
+            if block.endswith(b"\r"):
+                block, held = block[:-1], b"\r"
+            block = _LONE_CR.sub(b"\n", block)
+        if block:
+            yield block
+    if held:
+        yield b"\n"
+
+
 def decode_chunk(chunk: bytes, encoding: str, limit: int) -> tuple[list[str | None], dict[int, Problem]]:
     """The lines of a chunk as str; a line that cannot be used is None with its Problem by index."""
     codec = CODECS[encoding]
@@ -139,7 +165,8 @@ def decode_chunk(chunk: bytes, encoding: str, limit: int) -> tuple[list[str | No
                 lines.append(None)
                 problems[i] = Problem(
                     "invalid-encoding",
-                    f"not valid {encoding}: {exc.reason} at byte {exc.start}",
+                    f"not valid {encoding}: {exc.reason} at byte {exc.start}"
+                    + (CP949_HINT if codec == "utf-8" and _is_cp949(raw) else ""),
                     raw[:RAW_KEEP_BYTES],
                     len(raw),
                 )
@@ -161,6 +188,14 @@ def decode_chunk(chunk: bytes, encoding: str, limit: int) -> tuple[list[str | No
                     problems[i] = too_long(raw[:RAW_KEEP_BYTES], len(raw), limit)
                     lines[i] = None
     return lines, problems
+
+
+def _is_cp949(raw: bytes) -> bool:
+    try:
+        raw.decode("cp949")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def too_long(head: bytes, size: int, limit: int) -> Problem:

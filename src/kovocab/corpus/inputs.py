@@ -69,44 +69,70 @@ def detect_compression(path: Path) -> str:
 
 
 class _Checked(io.RawIOBase):
-    """A decompressing stream whose corruption errors become InputErrors naming the file."""
+    """A decompressing stream whose corruption errors become InputErrors naming the file.
 
-    def __init__(self, inner: BinaryIO, path: Path, compression: str) -> None:
-        self.inner, self.path, self.compression, self.pos = inner, path, compression, 0
+    Reads go to the decompressor in steps of at most _STEP bytes, so an error reports how
+    much was decompressed before it (within one step) and where in the file it stopped.
+    """
+
+    _STEP = 1 << 16
+
+    def __init__(self, inner: BinaryIO, raw: BinaryIO, path: Path, compression: str) -> None:
+        self.inner, self.raw, self.path, self.compression, self.pos = inner, raw, path, compression, 0
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
+        want = size if size is not None and size >= 0 else 1 << 62
+        parts: list[bytes] = []
+        got = 0
+        while got < want:
+            try:
+                data = self.inner.read(min(want - got, self._STEP))
+            except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
+                raise InputError(
+                    f"{self.path}: the {self.compression} stream is truncated or corrupt: "
+                    f"{self.pos + got} bytes decompressed, then it stopped at byte {self._raw_at()} of "
+                    f"{self._raw_size()} in the file ({exc}); re-create or re-download the file"
+                ) from exc
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        self.pos += got
+        return b"".join(parts)
+
+    def _raw_at(self) -> int:
         try:
-            data = self.inner.read(size)
-        except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
-            raise InputError(
-                f"{self.path}: the {self.compression} stream is truncated or corrupt after "
-                f"{self.pos} bytes ({exc}); re-create or re-download the file"
-            ) from exc
-        self.pos += len(data)
-        return data
+            return self.raw.tell()
+        except (OSError, ValueError):
+            return -1
+
+    def _raw_size(self) -> int:
+        return self.path.stat().st_size
 
     def close(self) -> None:
         self.inner.close()
+        self.raw.close()
         super().close()
 
 
 def open_stream(path: Path, compression: str) -> BinaryIO:
     """The decompressed bytes of `path`, read as a stream."""
+    if compression == "zstd":
+        return _Zstd(path)  # type: ignore[return-value]
+    raw = open(path, "rb")
     inner: Any
     if compression == "gzip":
-        inner = gzip.open(path, "rb")
+        inner = gzip.GzipFile(fileobj=raw, mode="rb")
     elif compression == "xz":
-        inner = lzma.open(path, "rb")
+        inner = lzma.LZMAFile(raw, "rb")
     elif compression == "bz2":
-        inner = bz2.open(path, "rb")
-    elif compression == "zstd":
-        return _Zstd(path)  # type: ignore[return-value]
+        inner = bz2.BZ2File(raw, "rb")
     else:
-        return open(path, "rb")
-    return _Checked(inner, path, compression)  # type: ignore[return-value]
+        return raw
+    return _Checked(inner, raw, path, compression)  # type: ignore[return-value]
 
 
 class _Zstd(io.RawIOBase):
@@ -165,21 +191,32 @@ def source_format(path: Path, src: SourceConfig, compression: str) -> str | None
     return FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def expand(src: SourceConfig, where: str, problems: list[str]) -> list[Path]:
-    """The files named by a source's paths: files as given, folders walked, globs expanded."""
+def expand(
+    src: SourceConfig, where: str, problems: list[str], skipped: list[dict[str, str]] | None = None
+) -> list[Path]:
+    """The files named by a source's paths: files as given, folders walked, globs expanded.
+
+    A folder's hidden files (a name or parent folder starting with '.') and, with format
+    auto, files whose name gives no known format (README, .png) are not read; each is
+    appended to `skipped` (source, path, reason) so the manifest can count them.
+    """
     found: list[Path] = []
     for pattern in src.paths:
         p = Path(pattern)
         if p.is_file():
             found.append(p)
         elif p.is_dir():
-            files = sorted(
-                q
-                for q in p.rglob("*")
-                if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts)
-            )
-            if src.format == "auto":
-                files = [q for q in files if source_format(q, src, detect_compression(q))]
+            files = []
+            for q in sorted(q for q in p.rglob("*") if q.is_file()):
+                if any(part.startswith(".") for part in q.relative_to(p).parts):
+                    reason = "hidden"
+                elif src.format == "auto" and not _known_format(q, src):
+                    reason = "unknown format"
+                else:
+                    files.append(q)
+                    continue
+                if skipped is not None:
+                    skipped.append({"source": src.name, "path": str(q), "reason": reason})
             if not files:
                 problems.append(f"{where}.paths: folder {p} holds no readable files")
             found.extend(files)
@@ -201,6 +238,17 @@ def expand(src: SourceConfig, where: str, problems: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def _known_format(path: Path, src: SourceConfig) -> bool:
+    """Whether the name gives a format; `x.txt.xz` counts even when its bytes are not xz
+    (it is then reported as a bad file, not skipped)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes = suffixes[:-1]
+    return bool(source_format(path, src, detect_compression(path))) or bool(
+        suffixes and suffixes[-1] in FORMATS
+    )
 
 
 def sha256_and_size(path: Path) -> tuple[str, int]:
@@ -301,17 +349,19 @@ def _check_table_field(src: SourceConfig, fmt: str, path: Path, where: str, prob
         )
 
 
-def probe(cfg: ShardConfig, hashes: bool = True) -> list[InputFile]:
+def probe(
+    cfg: ShardConfig, hashes: bool = True, skipped: list[dict[str, str]] | None = None
+) -> list[InputFile]:
     """Every input file, checked; all problems raised together as one InputError.
 
     hashes=False leaves sha256 empty (see with_sha256): a cluster array task hashes
-    only the files it reads.
+    only the files it reads. Files of input folders that are not read go to `skipped`.
     """
     problems: list[str] = []
     files: list[InputFile] = []
     for si, src in enumerate(cfg.sources):
         where = f"shard.sources[{si}] ({src.name})"
-        for fi, path in enumerate(expand(src, where, problems)):
+        for fi, path in enumerate(expand(src, where, problems, skipped)):
             files.extend(_probe_file(si, fi, src, path, where, problems, hashes))
     if problems:
         head = f"{len(problems)} input problems:\n  - " if len(problems) > 1 else ""
@@ -329,6 +379,16 @@ def _probe_file(
     compression = detect_compression(path)
     fmt = source_format(path, src, compression)
     at = f"{where} {path}"
+    named = path.suffix.lower()
+    if compression == "none" and named in COMPRESSED_SUFFIXES and src.format == "auto":
+        kind = {".gzip": "gzip", ".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}.get(named, named[1:])
+        if path.stat().st_size == 0:
+            problems.append(f"{at}: the file is empty (0 bytes), so it is not valid {kind} data; "
+                            "remove it, or re-create or re-download it")
+        else:
+            problems.append(f"{at}: named {named} but it does not start like {kind} data (no {kind} header); "
+                            f"re-create it, or rename it without {named} if it is not compressed")
+        return
     if fmt is None:
         problems.append(
             f"{at}: cannot tell the format from the name; "

@@ -212,7 +212,7 @@ def _manifest_body(
         "eval_docs": shard_table[eval_name]["docs"],
         "kept_chars": sum(v["chars"] for v in shard_table.values()),
         "input_bytes": sum(e["bytes"] for e in entries),
-        "quarantined": sum(v for k, v in dropped.items() if k in _QUARANTINE_REASONS),
+        "quarantined": sum(v for k, v in dropped.items() if k in QUARANTINE_REASONS),
         "sources": sources,
     }
     return {
@@ -251,7 +251,7 @@ def _manifest_body(
     }
 
 
-_QUARANTINE_REASONS = {
+QUARANTINE_REASONS = {
     "invalid-encoding",
     "nul-byte",
     "record-too-large",

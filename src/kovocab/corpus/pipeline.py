@@ -162,13 +162,14 @@ def check_yield(cfg: ShardConfig, tasks: list[Task], work: Path) -> None:
     reasons: Counter[str] = Counter()
     for s in summaries:
         reasons.update({k: n for k, n in s["dropped"].items() if k in QUARANTINE_REASONS})
-    problem = None
+    problems = []
     if records and kept == 0:
-        problem = f"no document of {records} was kept"
+        problems.append(f"no document of {records} was kept")
     if records and 2 * quarantined > records:
-        problem = f"{quarantined} of {records} records were quarantined"
-    if problem is None:
+        problems.append(f"{quarantined} of {records} records were quarantined")
+    if not problems:
         return
+    problem = " and ".join(problems)
     top = ", ".join(f"{k}: {n}" for k, n in reasons.most_common(3)) or "none quarantined"
     drops: Counter[str] = Counter()
     for s in summaries:
