@@ -177,6 +177,9 @@ def _coerce(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and isinstance(value, Mapping):
+            # `X | None` given a mapping: X's own problems name the nested key that is wrong.
+            return _coerce(options[0], value, where, problems)
         for a in options:
             trial: list[str] = []
             out = _coerce(a, value, where, trial)

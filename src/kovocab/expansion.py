@@ -3,8 +3,9 @@
 Inputs: a base SentencePiece BPE tokenizer (file, tokenizer folder or model folder)
 and a Korean corpus (shard folders, text or JSONL files). Output folder:
 `korean_bpe/` (tokenizer_training), `tokenizer/` (vocab_merge, the Hugging Face
-tokenizer to use), `report/` (efficiency report, base vs expanded) and, when a model
-is given, `model/` (embedding resize).
+tokenizer to use), `report/` (efficiency report, base vs expanded), with a sweep
+`sweep/` (one merged tokenizer per size, `sweep.json`) and, when a model is given,
+`model/` (embedding resize).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kovocab.artifacts import Owned, claims_output, exact
 from kovocab.config import opt
+from kovocab.source_weights import WEIGHTS_DOC, SourceWeight
 from kovocab.tokenizer_export import load_proto
 from kovocab.tokenizer_training import (
     TokenizerTrainingConfig,
@@ -25,9 +28,29 @@ from kovocab.tokenizer_training import (
     iter_corpus_texts,
     train_tokenizer,
 )
-from kovocab.vocab_merge import MergeResult, MergeVocabConfig, find_sentencepiece_model, merge_vocab
+from kovocab.vocab_merge import (
+    MergeResult,
+    MergeVocabConfig,
+    check_target_size,
+    find_sentencepiece_model,
+    merge_vocab,
+)
 
 log = logging.getLogger(__name__)
+
+
+def _owned() -> Owned:
+    """What expand-vocab writes in out_dir: each sub-stage's folder, as that stage owns it."""
+    from kovocab import embeddings, report, tokenizer_training, vocab_merge
+
+    sweep = Owned("expand_vocab", files=exact("sweep.json"), dirs={r"\d+": vocab_merge.OUTPUTS})
+    return Owned("expand_vocab", files=exact(HELD_OUT_FILE),
+                 dirs={"korean_bpe": tokenizer_training.OUTPUTS, "tokenizer": vocab_merge.OUTPUTS,
+                       "report": report.OUTPUTS, "model": embeddings.OUTPUTS, "sweep": sweep})
+
+
+HELD_OUT_FILE = "held_out_korean.txt"  # the report's held-out lines, beside report/ (not in it)
+OUTPUTS = _owned()
 
 GOLDEN_KO = "안녕하세요, 오늘은 날씨가 좋네요."
 
@@ -43,10 +66,19 @@ class ExpandVocabConfig:
     method: Literal["bpe", "morpheme-bpe"] = opt("bpe", "plain or Kiwi morpheme-aware BPE")
     korean_vocab_size: int | None = opt(None, "Korean model size; default leaves a 25% reserve")
     max_sentences: int = opt(2_000_000, "sentences sampled for training")
+    source_weights: Mapping[str, SourceWeight] | None = opt(None, WEIGHTS_DOC)
     eval_texts: tuple[Path, ...] = opt((), "held-out Korean text; default: shard eval splits")
     model: Path | None = opt(None, "Hugging Face Llama folder whose embeddings to resize")
     report: bool = opt(True, "write the efficiency report, base vs expanded")
     seed: int = opt(0, "sampling seed")
+    sweep: tuple[int, ...] = opt(
+        (), "also cut the one Korean model at these numbers of new pieces and measure each "
+        "(e.g. [4096, 8192, 14336, 23296, 32768]); written to sweep/ and drawn in the report"
+    )
+
+    def check(self) -> list[str]:
+        bad = [n for n in self.sweep if n <= 0]
+        return [f"sweep: sizes are numbers of new pieces and must be positive, got {bad}"] if bad else []
 
 
 def expand_vocab_from_config(cfg: ExpandVocabConfig) -> ExpandResult:
@@ -59,10 +91,12 @@ def expand_vocab_from_config(cfg: ExpandVocabConfig) -> ExpandResult:
         method=cfg.method,
         korean_vocab_size=cfg.korean_vocab_size,
         max_sentences=cfg.max_sentences,
+        source_weights=cfg.source_weights,
         eval_texts=cfg.eval_texts or None,
         model=cfg.model,
         report=cfg.report,
         seed=cfg.seed,
+        sweep=cfg.sweep,
     )
 
 
@@ -78,6 +112,7 @@ class ExpandResult:
     stats: dict[str, Any] = field(default_factory=dict)
     report_dir: Path | None = None
     model_dir: Path | None = None
+    sweep: tuple[dict[str, Any], ...] = ()
 
 
 def korean_vocab_size_for(new_pieces: int) -> int:
@@ -85,6 +120,7 @@ def korean_vocab_size_for(new_pieces: int) -> int:
     return max(1000, int(math.ceil((new_pieces * 1.25 + 2000) / 1000.0)) * 1000)
 
 
+@claims_output(OUTPUTS, "expand_vocab.out_dir")
 def expand_vocab(
     base: str | Path,
     corpus: str | Path | Sequence[str | Path],
@@ -93,23 +129,31 @@ def expand_vocab(
     method: Literal["bpe", "morpheme-bpe"] = "bpe",
     korean_vocab_size: int | None = None,
     max_sentences: int = 2_000_000,
+    source_weights: Mapping[str, SourceWeight] | None = None,
     eval_texts: str | Path | Sequence[str | Path] | None = None,
     model: str | Path | None = None,
     report: bool = True,
     seed: int = 0,
+    sweep: Sequence[int] = (),
 ) -> ExpandResult:
     """Grow `base` to `target_vocab_size` with Korean BPE pieces learned from `corpus`.
 
     `eval_texts` (held-out Korean, same formats as `corpus`) gives the before/after
     figures; by default the eval split of any shard folder in `corpus` is used.
     With `model` (a Hugging Face Llama folder) the embeddings are resized too.
+    `source_weights` (source name -> SourceWeight) sets how much of each corpus source
+    the training sample takes; the korean_bpe manifest records it.
+    `sweep` (numbers of new pieces) cuts the same Korean model at each size: see
+    `sweep_sizes`; the rows are in `result.sweep`, `sweep/sweep.json` and the report.
     """
     out = Path(out_dir)
     corpus_paths = _paths(corpus)
     base_model = find_sentencepiece_model(base, "base")
     base_size = len(load_proto(base_model).pieces)
+    check_target_size(target_vocab_size, base_size, "expand_vocab.target_vocab_size")  # before training
     if korean_vocab_size is None:
-        korean_vocab_size = korean_vocab_size_for(target_vocab_size - base_size)
+        # One Korean model serves every size: train it for the largest.
+        korean_vocab_size = korean_vocab_size_for(max([target_vocab_size - base_size, *sweep]))
     training = train_tokenizer(
         TokenizerTrainingConfig(
             corpus=corpus_paths,
@@ -118,6 +162,7 @@ def expand_vocab(
             vocab_size=korean_vocab_size,
             max_sentences=max_sentences,
             seed=seed,
+            source_weights=source_weights,
         )
     )
     merged = merge_vocab(
@@ -131,6 +176,7 @@ def expand_vocab(
     held_out = _held_out_texts(corpus_paths, eval_texts)
     stats = compare_tokenizers(base_model, merged.tokenizer_model, held_out)
     stats.update(merged.stats)
+    rows = sweep_sizes(base_model, training.model_path, sweep, out / "sweep", held_out) if sweep else ()
     result = ExpandResult(
         out_dir=out,
         tokenizer_dir=merged.out_dir,
@@ -138,6 +184,7 @@ def expand_vocab(
         training=training,
         merge=merged,
         stats=stats,
+        sweep=tuple(rows),
     )
     if report:
         result = _with_report(result, base_model, held_out)
@@ -191,6 +238,55 @@ def compare_tokenizers(base_model: Path, expanded_model: Path, texts: list[str])
     return stats
 
 
+def sweep_sizes(
+    base_model: Path, korean_model: Path, sizes: Sequence[int], out_dir: Path, texts: list[str]
+) -> list[dict[str, Any]]:
+    """Cut one Korean model at each number of new pieces; measure each cut on `texts`.
+
+    Each cut is a full `merge_vocab` (same guarantees: base ids untouched, English as the
+    base, every new piece reachable) of the same candidate list, so the K-piece cut is
+    the first K usable candidates in order. `sweep/<vocab size>/` holds each tokenizer,
+    `sweep/sweep.json` the rows (`pieces_prefix_of_largest` says whether each cut's
+    pieces are the first pieces of the largest cut, which is what a cut promises).
+    """
+    from kovocab.artifacts import write_json
+
+    sizes = sorted(set(sizes))
+    base_size = len(load_proto(base_model).pieces)
+    cuts = []
+    for n_new in sizes:
+        merged = merge_vocab(
+            MergeVocabConfig(base=base_model, korean_model=korean_model,
+                             out_dir=out_dir / str(base_size + n_new),
+                             target_vocab_size=base_size + n_new)
+        )
+        cuts.append(merged)
+    largest = load_proto(cuts[-1].tokenizer_model).pieces
+    rows = []
+    for n_new, merged in zip(sizes, cuts, strict=True):
+        figures = compare_tokenizers(base_model, merged.tokenizer_model, texts)
+        pieces = load_proto(merged.tokenizer_model).pieces
+        rows.append({
+            "new_pieces": n_new,
+            "vocab_size": merged.vocab_size,
+            "tokenizer": str(merged.out_dir),
+            "golden_tokens": figures["golden_tokens_after"],
+            "korean_tokens_per_sentence": figures.get("korean_tokens_per_sentence_after"),
+            "korean_chars_per_token": figures.get("korean_chars_per_token_after"),
+            "base_tokens_per_sentence": figures.get("korean_tokens_per_sentence_before"),
+            "held_out_sentences": figures.get("held_out_sentences", 0),
+            "replaced_unreachable": merged.replaced_unreachable,
+            "pieces_prefix_of_largest": all(
+                a.piece == b.piece for a, b in zip(pieces[base_size:], largest[base_size:], strict=False)
+            ),
+        })
+        log.info("sweep: +%d pieces (%d): %.2f chars/token", n_new, merged.vocab_size,
+                 rows[-1]["korean_chars_per_token"] or float("nan"))
+    write_json(out_dir / "sweep.json", {"korean_model": str(korean_model), "base": str(base_model),
+                                        "rows": rows})
+    return rows
+
+
 def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> ExpandResult:
     """Write the efficiency report (base vs expanded) on the held-out lines."""
     from kovocab.report import efficiency_report
@@ -199,7 +295,7 @@ def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> Ex
         return result
     from kovocab.artifacts import atomic_write_text
 
-    text_file = result.out_dir / "report" / "held_out_korean.txt"
+    text_file = result.out_dir / HELD_OUT_FILE
     atomic_write_text(text_file, "\n".join(texts) + "\n")
     rep = efficiency_report(
         tokenizers={"base": str(base_model), "expanded": str(result.tokenizer_dir)},
@@ -207,6 +303,7 @@ def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> Ex
         out_dir=result.out_dir / "report",
         base="base",
         examples=[GOLDEN_KO],
+        sweep=result.sweep,
     )
     return ExpandResult(**{**result.__dict__, "report_dir": Path(rep.out_dir)})
 

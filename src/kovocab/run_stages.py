@@ -11,12 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kovocab import embeddings, evaluation, expansion, model_init, report
+from kovocab.corpus.options import OUTPUTS as shard_outputs
 from kovocab.corpus.options import ShardConfig
 from kovocab.embeddings import ResizeConfig
 from kovocab.evaluation import EvalConfig
 from kovocab.expansion import ExpandVocabConfig
 from kovocab.model_init import InitModelConfig
 from kovocab.pretraining.config import PretrainConfig
+from kovocab.pretraining.config import outputs as pretrain_outputs
 from kovocab.report import ReportConfig
 from kovocab.run import RunConfig, _Stage
 
@@ -71,6 +74,7 @@ def _as_list(value: Any) -> list[Any]:
 
 SHARD = _Stage(
     name="shard", cls=ShardConfig, build=_shard_build, absolutize=_shard_absolute,
+    owned=lambda cfg: shard_outputs,
     wire=lambda run_dir, outputs: {"out": str(run_dir / "corpus")},
     call=_calling("kovocab.corpus", "shard_corpus"),
     out_dir=lambda cfg: Path(cfg.out), done_file=lambda cfg: Path(cfg.out) / "manifest.json",
@@ -87,15 +91,25 @@ def _listed(value: Any) -> list[Any] | None:
     return None if value is None else [value]
 
 
+def _weights(weights: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """source_weights as plain recipe data (None when there are none)."""
+    from kovocab.config import to_dict
+
+    return {name: to_dict(w) for name, w in (weights or {}).items()} or None
+
+
 EXPAND_VOCAB = _Stage(
-    name="expand_vocab", cls=ExpandVocabConfig,
+    name="expand_vocab", cls=ExpandVocabConfig, owned=lambda cfg: expansion.OUTPUTS,
     # report=False: the run's own report stage measures base vs expanded on the same held-out split.
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
                                         out_dir=str(run_dir / "tokenizer"), report=False),
     call=_calling("kovocab.expansion", "expand_vocab_from_config"),
     done_file=lambda cfg: Path(cfg.out_dir) / "tokenizer" / "manifest.json",
-    outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base},
-    summary=lambda res: dict(res.stats),
+    outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base,
+                         "sweep": Path(cfg.out_dir) / "sweep" / "sweep.json" if cfg.sweep else None,
+                         # pretrain samples its token store with the tokenizer's source weights
+                         "source_weights": _weights(cfg.source_weights)},
+    summary=lambda res: {**res.stats, **({"sweep": list(res.sweep)} if res.sweep else {})},
 )
 
 
@@ -103,7 +117,7 @@ EXPAND_VOCAB = _Stage(
 
 
 INIT_MODEL = _Stage(
-    name="init_model", cls=InitModelConfig,
+    name="init_model", cls=InitModelConfig, owned=lambda cfg: model_init.OUTPUTS,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
     call=_calling("kovocab.model_init", "init_model"),
@@ -116,7 +130,7 @@ INIT_MODEL = _Stage(
 
 
 RESIZE = _Stage(
-    name="resize_embeddings", cls=ResizeConfig,
+    name="resize_embeddings", cls=ResizeConfig, owned=lambda cfg: embeddings.OUTPUTS,
     wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
@@ -140,11 +154,12 @@ def _pretrain_call(cfg: Any, run: RunConfig, resume: bool) -> Any:
 def _pretrain_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
     corpus = _listed(_get(outputs, "shard", "corpus"))
     return _some(model_dir=_get(outputs, "resize_embeddings", "model"), train_data=corpus,
-                 eval_korean=corpus, out_dir=str(run_dir / "pretrain"))
+                 eval_korean=corpus, out_dir=str(run_dir / "pretrain"),
+                 source_weights=_get(outputs, "expand_vocab", "source_weights"))
 
 
 PRETRAIN = _Stage(
-    name="pretrain", cls=PretrainConfig, wire=_pretrain_wire, call=_pretrain_call,
+    name="pretrain", cls=PretrainConfig, wire=_pretrain_wire, call=_pretrain_call, owned=pretrain_outputs,
     done_file=lambda cfg: Path(cfg.out_dir) / "hf" / "manifest.json",
     outputs=lambda cfg: {"model": Path(cfg.out_dir) / "hf"},
     summary=lambda res: {"steps": res.steps, "final_loss": res.final_loss, "seconds": res.seconds},
@@ -162,11 +177,15 @@ def _report_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
         wired["tokenizers"] = [{"name": "base", "path": base}, {"name": "kovocab", "path": tokenizer}]
     if corpus is not None:
         wired["texts"] = [{"name": "held-out", "path": corpus}]
+    sweep = _get(outputs, "expand_vocab", "sweep")
+    if sweep is not None:
+        wired["sweep_file"] = sweep
     return wired
 
 
 REPORT = _Stage(
     name="report", cls=ReportConfig, wire=_report_wire, call=_calling("kovocab.report", "run_report"),
+    owned=lambda cfg: report.OUTPUTS,
     done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
     outputs=lambda cfg: {"report": Path(cfg.out_dir) / "report.md"},
 )
@@ -190,6 +209,7 @@ def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
 
 EVAL = _Stage(
     name="eval", cls=EvalConfig, wire=_eval_wire, call=_calling("kovocab.evaluation", "evaluate"),
+    owned=lambda cfg: evaluation.OUTPUTS,
     done_file=lambda cfg: Path(cfg.out_dir) / "eval.json",
     outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
 )

@@ -24,15 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kovocab.artifacts import atomic_write_bytes, sha256_file, write_config, write_manifest
+from kovocab.artifacts import (
+    Owned,
+    atomic_write_bytes,
+    claims_output,
+    exact,
+    sha256_file,
+    write_config,
+    write_manifest,
+)
 from kovocab.config import opt
 from kovocab.errors import InputError, MissingDependencyError
+from kovocab.source_weights import WEIGHTS_DOC, SourceWeight, WeightedCorpus
 
 log = logging.getLogger(__name__)
 
 # Marks morpheme boundaries for sentencepiece; a private-use character no text uses.
 DELIMITER = "\ue000"
 MODEL_NAME = "korean_bpe"
+OUTPUTS = Owned("tokenizer_training", files=exact(f"{MODEL_NAME}.model"))  # what it writes in out_dir
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,9 @@ class TokenizerTrainingConfig:
     max_piece_length: int = opt(16, "longest piece in characters")
     split_digits: bool = opt(True, "one digit per piece, as Llama-2 does")
     max_sentence_bytes: int = opt(4192, "longer sentences are skipped by sentencepiece")
-    seed: int = opt(0, "seed of the sentence sample")
+    seed: int = opt(0, "seed of the sentence sample and of source_weights")
     num_threads: int = opt(2, "sentencepiece trainer threads")
+    source_weights: Mapping[str, SourceWeight] | None = opt(None, WEIGHTS_DOC)
 
     def check(self) -> list[str]:
         problems = []
@@ -76,6 +87,7 @@ class TrainResult:
     sentences: int
     sentences_seen: int
     seconds: float
+    sources: dict[str, Any] | None = None
 
 
 def iter_corpus_texts(
@@ -202,10 +214,19 @@ def skipped_summary(found: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
 
 def sample_sentences(texts: Iterable[str], k: int, seed: int) -> tuple[list[str], int]:
     """A seeded reservoir sample of `k` non-empty lines; returns it and the lines seen."""
+    sample, _, seen = sample_labelled_sentences((("", t) for t in texts), k, seed)
+    return sample, seen
+
+
+def sample_labelled_sentences(
+    documents: Iterable[tuple[str, str]], k: int, seed: int
+) -> tuple[list[str], list[str], int]:
+    """`sample_sentences` over (source, text) documents: the lines, each line's source, lines seen."""
     rng = random.Random(seed)
     sample: list[str] = []
+    labels: list[str] = []
     seen = 0
-    for text in texts:
+    for source, text in documents:
         for line in text.split("\n"):
             line = line.strip().replace(DELIMITER, "")
             if not line:
@@ -213,11 +234,13 @@ def sample_sentences(texts: Iterable[str], k: int, seed: int) -> tuple[list[str]
             seen += 1
             if len(sample) < k:
                 sample.append(line)
+                labels.append(source)
             else:
                 j = rng.randrange(seen)
                 if j < k:
                     sample[j] = line
-    return sample, seen
+                    labels[j] = source
+    return sample, labels, seen
 
 
 def mark_morphemes(sentences: list[str], num_workers: int = 2) -> list[str]:
@@ -252,18 +275,28 @@ def mark_morphemes(sentences: list[str], num_workers: int = 2) -> list[str]:
     return out
 
 
+@claims_output(OUTPUTS, "tokenizer_training.out_dir")
 def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
     """Train the Korean SentencePiece BPE model described by `cfg`."""
     import sentencepiece as spm
 
     start = time.perf_counter()
+    corpus = WeightedCorpus(
+        tuple(cfg.corpus), cfg.source_weights, cfg.seed, text_field=cfg.text_field,
+        what="tokenizer_training.corpus",
+    )
     with collect_skipped() as skipped_files:
-        sentences, seen = sample_sentences(
-            iter_corpus_texts(cfg.corpus, cfg.text_field), cfg.max_sentences, cfg.seed
-        )
+        sentences, labels, seen = sample_labelled_sentences(corpus.labelled(), cfg.max_sentences, cfg.seed)
     skipped = skipped_summary(skipped_files)
     if not sentences:
         raise InputError(f"tokenizer_training.corpus: no text found in {list(map(str, cfg.corpus))}")
+    mix = corpus.manifest()
+    for entry in mix["sources"].values():
+        entry["sample_sentences"] = entry["sample_characters"] = 0
+    for source, line in zip(labels, sentences, strict=True):
+        mix["sources"][source]["sample_sentences"] += 1
+        mix["sources"][source]["sample_characters"] += len(line)
+    del labels
     log.info("training %s on %d of %d sentences", cfg.method, len(sentences), seen)
     extra: dict[str, Any] = {}
     if cfg.method == "morpheme-bpe":
@@ -302,7 +335,7 @@ def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
     path = out / f"{MODEL_NAME}.model"
     atomic_write_bytes(path, model.getvalue())
     seconds = time.perf_counter() - start
-    result = TrainResult(path, cfg.vocab_size, len(sentences), seen, seconds)
+    result = TrainResult(path, cfg.vocab_size, len(sentences), seen, seconds, mix["sources"])
     write_config(out, "tokenizer_training", cfg)
     write_manifest(
         out,
@@ -310,6 +343,7 @@ def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
         {"sentences": len(sentences), "sentences_seen": seen, "vocab_size": cfg.vocab_size,
          "skipped_records": skipped},
         inputs={str(p): _digest(Path(p)) for p in cfg.corpus},
+        **mix,
     )
     return result
 

@@ -9,12 +9,17 @@ precision) where they say "auto", and refuses values that disagree with the reci
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kovocab.artifacts import Owned, exact
 from kovocab.config import opt
 from kovocab.errors import ConfigError
+from kovocab.safetensors_io import MODEL_FILES
+from kovocab.source_weights import SourceWeight
 
 SECTION = "pretrain"
 Train = Literal["new_embeddings", "embeddings", "all"]
@@ -68,6 +73,10 @@ class PretrainConfig:
     base_vocab_size: int | None = opt(None, "rows kept frozen by new_embeddings; default the resize manifest")
     token_store_dir: Path | None = opt(None, "token ids on disk (built once, reused); default out_dir/tokens")
     max_documents: int | None = opt(None, "read at most this many training documents (tests, smoke runs)")
+    source_weights: Mapping[str, SourceWeight] | None = opt(
+        None, "per-source sampling of train_data (tokenizer recipes' key, seeded by `seed`): "
+        "{NAME: {weight: FACTOR, max_share: SHARE}}; `kovocab run` takes expand_vocab's by default"
+    )
     replay_data: tuple[Path, ...] = opt((), "text mixed in to limit forgetting, e.g. English")
     replay_ratio: float = opt(0.0, "share of training blocks drawn from replay_data")
     seq_len: int = opt(2048, "tokens per training sequence (documents packed, BOS/EOS between them)")
@@ -78,6 +87,8 @@ class PretrainConfig:
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0: no clipping)")
     seed: int = opt(0, "seed for data order and initialisation of RNGs")
     checkpoint_every: int = opt(1000, "resumable DeepSpeed checkpoint every N steps (0: at the end only)")
+    log_every: int = opt(10, "rank 0 logs a progress line (step, stage, loss, lr, grad norm, tokens/s, MFU, "
+                               "ETA) every N steps, and at each stage end and checkpoint (0: only those)")
     keep_checkpoints: int = opt(2, "keep the newest N checkpoints")
     eval_korean: tuple[Path, ...] = opt((), "held-out Korean for bits per byte (shard folders: eval split)")
     eval_english: tuple[Path, ...] = opt((), "held-out English text for bits per byte")
@@ -98,8 +109,8 @@ class PretrainConfig:
                     "gradient_accumulation_steps": self.gradient_accumulation_steps,
                     "keep_checkpoints": self.keep_checkpoints, "eval_max_documents": self.eval_max_documents}
         problems += [f"{k}: must be 1 or more" for k, v in positive.items() if v < 1]
-        if self.checkpoint_every < 0 or self.eval_every < 0:
-            problems.append("checkpoint_every, eval_every: must be 0 or more")
+        if self.checkpoint_every < 0 or self.eval_every < 0 or self.log_every < 0:
+            problems.append("checkpoint_every, eval_every, log_every: must be 0 or more")
         if not 0 <= self.replay_ratio < 1:
             problems.append("replay_ratio: must be in [0, 1)")
         if self.replay_ratio > 0 and not self.replay_data:
@@ -215,3 +226,22 @@ def load_pretrain_config(data: dict[str, Any]) -> PretrainConfig:
 
     cfg = load_section(PretrainConfig, data, SECTION)
     return resolve_paths(cfg, data.get("_recipe_dir"))
+
+
+
+# hf/ and stages/NAME/: a model folder as kovocab writes one.
+EXPORT = Owned(SECTION, files=MODEL_FILES)
+
+
+def outputs(cfg: PretrainConfig) -> Owned:
+    """What pretrain writes in `out_dir` (artifacts.Owned): a folder holding anything else is
+    refused, and only these are ever removed (`kovocab run` with a changed config)."""
+    from kovocab.pretraining.token_store import OUTPUTS as STORE
+
+    dirs: dict[str, Owned | None] = {"checkpoints": None, "hf": EXPORT,
+                                     "stages": Owned(SECTION, dirs={".+": EXPORT})}
+    if cfg.store_dir.parent == cfg.out_dir:  # the default out_dir/tokens, or a folder beside it
+        dirs[re.escape(cfg.store_dir.name)] = Owned("token_store", dirs={"train|replay": STORE})
+    files = exact("metrics.jsonl", "zero3_partitions.json", "ds_config.json", "launch.yaml", "result.json",
+                  "error.json")
+    return Owned(SECTION, files=files, dirs=dirs)

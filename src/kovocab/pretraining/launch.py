@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from kovocab.artifacts import atomic_write_text
+from kovocab.artifacts import atomic_write_text, claim_output
 from kovocab.config import apply_overrides, read_recipe, to_dict
 from kovocab.errors import ConfigError, KovocabError
-from kovocab.pretraining.config import SECTION, PretrainConfig, check_paths, load_pretrain_config
+from kovocab.pretraining.config import SECTION, PretrainConfig, check_paths, load_pretrain_config, outputs
 from kovocab.pretraining.loop import PretrainResult, pretrain
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,12 @@ def launch_pretrain(recipe: PretrainConfig | str | Path, nproc_per_node: int = 1
         _die_with_parent()
         return pretrain(cfg, resume=resume)
     check_paths(cfg)
+    # This process holds the lock on out_dir for the whole job; the ranks it starts do not.
+    with claim_output(cfg.out_dir, outputs(cfg), f"{SECTION}.out_dir"):
+        return _launch_here(cfg, nproc_per_node, resume)
+
+
+def _launch_here(cfg: PretrainConfig, nproc_per_node: int, resume: bool) -> PretrainResult:
     if nproc_per_node == 1:
         return pretrain(cfg, resume=resume)
     prepare_data(cfg)  # once, here, before the ranks start

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,10 @@ import numpy as np
 
 from kovocab.artifacts import (
     MANIFEST,
+    Owned,
     atomic_open,
+    claims_output,
+    exact,
     read_manifest,
     sha256_file,
     write_config,
@@ -34,12 +37,14 @@ from kovocab.artifacts import (
 from kovocab.config import opt
 from kovocab.errors import ConfigError, InputError, TokenizerError
 from kovocab.pretraining.tokenizer_info import TokenizerInfo, read_tokenizer
+from kovocab.source_weights import WEIGHTS_DOC, SourceWeight, WeightedCorpus
 
 log = logging.getLogger(__name__)
 
 STAGE = "token_store"
 TOKENS = "tokens.bin"
 INDEX = "index.npy"
+OUTPUTS = Owned(STAGE, files=exact(TOKENS, INDEX))  # what a store folder holds (artifacts.Owned)
 FORMAT_VERSION = 1
 
 
@@ -54,6 +59,8 @@ class TokenStoreConfig:
     batch_size: int = opt(1000, "documents per tokenizer batch")
     workers: int = opt(0, "tokenizer processes; 0: one per CPU core, 1: this process (Rust threads)")
     max_documents: int | None = opt(None, "read at most this many documents (trial runs)")
+    source_weights: Mapping[str, SourceWeight] | None = opt(None, WEIGHTS_DOC)
+    seed: int = opt(0, "seed of source_weights' sampling")
 
     def check(self) -> list[str]:
         problems = []
@@ -171,6 +178,7 @@ def store_dtype(vocab_size: int) -> np.dtype[Any]:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
+@claims_output(OUTPUTS, "token_store.out_dir")
 def build_token_store(cfg: TokenStoreConfig, progress: bool | None = None) -> TokenStore:
     """Tokenise `cfg.sources` into `cfg.out_dir`, or reuse the store already there for the same inputs."""
     problems = cfg.check()
@@ -194,14 +202,15 @@ def build_token_store(cfg: TokenStoreConfig, progress: bool | None = None) -> To
     (out / MANIFEST).unlink(missing_ok=True)
     dtype = store_dtype(tok.vocab_size)
     start = time.perf_counter()
-    stats = _write_tokens(cfg, tok, dtype, out, _show(progress))
+    corpus = weighted_documents(cfg)
+    stats = _write_tokens(cfg, corpus, tok, dtype, out, _show(progress))
     seconds = time.perf_counter() - start
     stats.update(seconds=round(seconds, 3), mb_per_s=round(stats["text_bytes"] / 1e6 / max(seconds, 1e-9), 3))
     write_config(out, STAGE, cfg)
     fmt = {"version": FORMAT_VERSION, "dtype": dtype.str, "vocab_size": tok.vocab_size,
            "bos_id": tok.bos_id, "eos_id": tok.eos_id}
     write_manifest(out, STAGE, stats, key=key, format=fmt, tokenizer=str(tok.file),
-                   inputs=[str(p) for p in cfg.sources])
+                   inputs=[str(p) for p in cfg.sources], **corpus.manifest())
     log.info("token store %s: %d documents, %d tokens (%s), %.1f MB/s", out, stats["documents"],
              stats["tokens"], dtype.name, stats["mb_per_s"])
     return TokenStore.open(out)
@@ -216,20 +225,29 @@ def _store_key(cfg: TokenStoreConfig, tok: TokenizerInfo) -> dict[str, Any]:
     # Content, not paths: the same shards under another name are the same store. A shard
     # manifest holds the sha256 of every shard, so it stands for its folder.
     inputs = [sha256_file(p / MANIFEST) if p.is_dir() else sha256_file(p) for p in map(Path, cfg.sources)]
-    return {"tokenizer_sha256": tok.sha256, "inputs_sha256": inputs, "split": cfg.split,
-            "max_documents": cfg.max_documents, "version": FORMAT_VERSION}
+    key = {"tokenizer_sha256": tok.sha256, "inputs_sha256": inputs, "split": cfg.split,
+           "max_documents": cfg.max_documents, "version": FORMAT_VERSION}
+    if cfg.source_weights:  # only then: stores built before weights existed stay valid
+        key["source_weights"] = WeightedCorpus((), cfg.source_weights).manifest()["source_weights"]
+        key["seed"] = cfg.seed
+    return key
 
 
-def iter_documents(cfg: TokenStoreConfig) -> Iterator[str]:
-    """Document texts of `cfg.sources` in order, through the corpus readers kovocab already has."""
-    from kovocab.tokenizer_training import iter_corpus_texts
-
-    texts = iter_corpus_texts(map(Path, cfg.sources), split=cfg.split, what="token_store.sources")
-    return itertools.islice(texts, cfg.max_documents)
+def weighted_documents(cfg: TokenStoreConfig) -> WeightedCorpus:
+    """`cfg.sources` with `cfg.source_weights` applied (iterate it for the texts)."""
+    return WeightedCorpus(tuple(map(Path, cfg.sources)), cfg.source_weights, cfg.seed, split=cfg.split,
+                          what="token_store.sources")
 
 
-def _write_tokens(cfg: TokenStoreConfig, tok: TokenizerInfo, dtype: np.dtype[Any], out: Path,
-                  progress: bool) -> dict[str, Any]:
+def iter_documents(cfg: TokenStoreConfig, corpus: WeightedCorpus | None = None) -> Iterator[str]:
+    """Document texts of `cfg.sources` in order (weighted by `cfg.source_weights`), at most
+    `cfg.max_documents` of them, through the corpus readers kovocab already has."""
+    docs = corpus if corpus is not None else weighted_documents(cfg)
+    return itertools.islice(iter(docs), cfg.max_documents)
+
+
+def _write_tokens(cfg: TokenStoreConfig, corpus: WeightedCorpus, tok: TokenizerInfo, dtype: np.dtype[Any],
+                  out: Path, progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
     lengths: list[np.ndarray] = []
@@ -237,7 +255,7 @@ def _write_tokens(cfg: TokenStoreConfig, tok: TokenizerInfo, dtype: np.dtype[Any
 
     def batches() -> Iterator[list[str]]:
         nonlocal read, empty
-        it = iter_documents(cfg)
+        it = iter_documents(cfg, corpus)
         while chunk := list(itertools.islice(it, cfg.batch_size)):
             read += len(chunk)
             kept = [t for t in chunk if t.strip()]
