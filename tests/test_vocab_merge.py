@@ -232,6 +232,8 @@ def test_merge_errors_are_clear(tmp_path: Path, merged: Path) -> None:
                           target_vocab_size=1000), "smaller than the base"),
         (MergeVocabConfig(base=LLAMA2_MODEL, korean_model=korean, out_dir=tmp_path / "o",
                           target_vocab_size=64000), "larger vocab_size"),
+        (MergeVocabConfig(base=LLAMA2_MODEL, korean_model=korean, out_dir=tmp_path / "o",
+                          target_vocab_size=32000), "equals the base vocabulary size, so no Korean piece"),
     ]
     for cfg, message in cases:
         with pytest.raises(TokenizerError, match=message):
@@ -337,3 +339,12 @@ def test_expand_vocab_api_trains_merges_and_reports(tmp_path: Path) -> None:
 
     figures = json.loads((res.report_dir / "report.json").read_text(encoding="utf-8"))
     assert set(figures["results"]) == {"base", "expanded"}
+
+
+def test_expand_vocab_to_the_base_size_is_refused_before_training(tmp_path: Path) -> None:
+    from kovocab import expand_vocab
+
+    with pytest.raises(TokenizerError, match=r"expand_vocab\.target_vocab_size: 32000 equals the base "
+                                             r"vocabulary size.*set it above 32000"):
+        expand_vocab(base=LLAMA2_MODEL, corpus=NOVELS[:2], out_dir=tmp_path / "x", target_vocab_size=32000)
+    assert not (tmp_path / "x" / "korean_bpe").exists()  # refused before the Korean model is trained

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kovocab.artifacts import atomic_write_text, write_config, write_manifest
+from kovocab.artifacts import Owned, atomic_write_text, claims_output, exact, write_config, write_manifest
 from kovocab.config import opt
 from kovocab.errors import TokenizerError
 from kovocab.tokenizer_export import (
@@ -28,6 +28,10 @@ from kovocab.tokenizer_export import (
 )
 
 log = logging.getLogger(__name__)
+
+# What merge-vocab writes in out_dir; a folder holding anything else is refused.
+OUTPUTS = Owned("vocab_merge", files=exact("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                            "special_tokens_map.json", "new_pieces.tsv"))
 
 # Hangul syllables, jamo and compatibility jamo: a new piece must hold one of them,
 # so no text without Korean can ever meet a new piece (English encodes as before).
@@ -188,6 +192,17 @@ def select_pieces(base: Any, candidates: list[str], n_new: int) -> tuple[list[st
     return chosen, len(rejected | remaining)
 
 
+def check_target_size(target: int, base_size: int, key: str) -> None:
+    """A merge must add pieces: a target at or below the base size is a mistake, said before any work."""
+    if target < base_size:
+        raise TokenizerError(f"{key}: {target} is smaller than the base vocabulary ({base_size}); pieces are "
+                             "only ever appended: set it above the base size (Llama-2-Ko: 46336)")
+    if target == base_size:
+        raise TokenizerError(f"{key}: {target} equals the base vocabulary size, so no Korean piece would be "
+                             f"added: set it above {base_size} (Llama-2-Ko: 46336, a multiple of 64)")
+
+
+@claims_output(OUTPUTS, "vocab_merge.out_dir")
 def merge_vocab(cfg: MergeVocabConfig) -> MergeResult:
     """Append Korean pieces to the base vocabulary and write the merged tokenizer folder."""
     base_path = find_sentencepiece_model(cfg.base, "vocab_merge.base")
@@ -197,12 +212,8 @@ def merge_vocab(cfg: MergeVocabConfig) -> MergeResult:
     if korean.trainer_spec.model_type != 2:
         raise TokenizerError(f"vocab_merge.korean_model: {cfg.korean_model} is not a BPE model")
     base_size = len(base.pieces)
+    check_target_size(cfg.target_vocab_size, base_size, "vocab_merge.target_vocab_size")
     n_new = cfg.target_vocab_size - base_size
-    if n_new < 0:
-        raise TokenizerError(
-            f"vocab_merge.target_vocab_size: {cfg.target_vocab_size} is smaller than the base "
-            f"vocabulary ({base_size}); pieces are only ever appended"
-        )
     base_pieces = {p.piece for p in base.pieces}
     candidates = korean_candidates(korean, base_pieces)
     chosen, replaced = select_pieces(base, candidates, n_new)
