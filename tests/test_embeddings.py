@@ -308,3 +308,14 @@ def test_real_merge_output_golden_sentence(tmp_path: Path) -> None:
         piece = tok.convert_ids_to_tokens(i)
         want = old[sp.encode(piece.replace("\u2581", " "))].mean(0)
         torch.testing.assert_close(new[i].double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_config_vocab_size_disagreeing_with_the_weights_is_an_error(tmp_path: Path) -> None:
+    base = tiny_llama(tmp_path / "base")
+    config = json.loads((base / "config.json").read_text())
+    config["vocab_size"] = 32001  # edited by hand, or the weights of another model
+    (base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"config\.json says vocab_size 32001 but model\.embed_tokens"
+                                         r"\.weight in the weights has 32000 rows.*set vocab_size to 32000"):
+        resize_embeddings(base, CHINESE, tmp_path / "out", base_tokenizer=LLAMA2_MODEL)
+    assert not (tmp_path / "out").exists()

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from kovocab.cli import main
 from kovocab.embeddings import resize_embeddings
-from kovocab.errors import ConfigError
+from kovocab.errors import ConfigError, InputError
 from kovocab.evaluation import EvalConfig, evaluate, kobest
 from kovocab.evaluation.loglikelihood import continuation_logprobs
 from kovocab.evaluation.scoring import load_scorer
@@ -271,3 +271,13 @@ def test_document_batches_respect_the_logits_budget(base: Path, monkeypatch: pyt
     calls.clear()
     assert scoring.document_nll(scorer, ENGLISH_DOCS, batch_size=8) == pytest.approx(whole, rel=1e-5)
     assert calls == [1, 1, 1]
+
+
+def test_config_vocab_size_disagreeing_with_the_weights_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tiny_llama(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = 32064
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"eval\.models: .*config\.json says vocab_size 32064 but "
+                                         r"model\.embed_tokens\.weight in the weights has 32000 rows"):
+        load_scorer(folder, folder, device="cpu", what="eval.models")

@@ -144,6 +144,7 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
     model_config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     ckpt = open_checkpoint(src)
     embed, head = _matrix_names(ckpt)
+    check_config_vocab(src, "resize_embeddings.model_dir")
     tied = head is None or bool(model_config.get("tie_word_embeddings"))
     if head is None and model_config.get("tie_word_embeddings") is False:
         raise InputError(f"{src}: config.json says tie_word_embeddings: false but there is no lm_head.weight")
@@ -205,6 +206,35 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
     write_manifest(out, "resize_embeddings", result.stats, inputs=inputs)
     log.info("resized %s -> %s: %d -> %d rows (%s)", src, out, rows, plan.total_rows, cfg.init)
     return result
+
+
+def check_config_vocab(model_dir: str | Path, where: str) -> None:
+    """Stop when config.json's vocab_size disagrees with the embedding rows in the safetensors.
+
+    Read from the headers only. transformers would stop with a size-mismatch traceback
+    (or, told to ignore it, re-initialise the matrices); a folder without safetensors
+    weights is left to the loader.
+    """
+    d = Path(model_dir)
+    try:
+        config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        ckpt = open_checkpoint(d)
+    except (OSError, ValueError, InputError):
+        return
+    text = config.get("text_config")
+    declared = text.get("vocab_size") if isinstance(text, dict) and "vocab_size" in text \
+        else config.get("vocab_size")
+    if not isinstance(declared, int):
+        return
+    embed, head = _matrix_names(ckpt)
+    for name in filter(None, (embed, head)):
+        rows = ckpt.header(name).entry(name).shape[0]
+        if rows != declared:
+            raise InputError(
+                f"{where}: {d / 'config.json'} says vocab_size {declared} but {name} in the weights has "
+                f"{rows} rows; the folder is inconsistent (config.json edited, or weights from another "
+                f"model): set vocab_size to {rows} in config.json, or give the folder that matches"
+            )
 
 
 def _matrix_names(ckpt: Checkpoint) -> tuple[str, str | None]:

@@ -81,6 +81,9 @@ def load_scorer(
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
     from transformers.utils import logging as hf_logging
 
+    from kovocab.embeddings import check_config_vocab
+
+    check_config_vocab(model_dir, what)  # transformers would stop with a size-mismatch traceback
     bars = hf_logging.is_progress_bar_enabled()
     if not show_progress(None):  # transformers draws its loading bar even into a log file
         hf_logging.disable_progress_bar()
