@@ -128,6 +128,26 @@ def test_three_loaders_agree_on_korean_and_round_trip(loaders) -> None:  # type:
         assert auto.decode(ids) == line
 
 
+def test_literal_lower_one_eighth_block_decodes_as_a_space_as_in_llama2(  # type: ignore[no-untyped-def]
+    loaders, base_sp
+) -> None:
+    """The one exception to decode(encode(x)) == x: U+2581 is SentencePiece's space mark."""
+    sp, fast, auto = loaders
+    lines = ["a\u2581b", "\u2581", "x \u2581\u2581 y", "\u2581시작", "한국어\u2581문장 끝\u2581",
+             *[line.replace(" ", "\u2581", 1) for line in news_lines("ko")[:50]]]
+    for line in lines:
+        ids = sp.encode(line)
+        want = line.replace("\u2581", " ")
+        assert want != line
+        assert sp.decode(ids) == fast.decode(ids) == auto.decode(ids) == want
+        assert fast.encode(line, add_special_tokens=False).ids == ids
+        assert base_sp.decode(base_sp.encode(line)) == want  # Llama-2 itself does the same
+    # ... and the README says so where it states the round trip.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    bullet = readme[readme.index("**One tokenizer, three readers.**"):]
+    assert 'decode(encode(x)) == x.replace("▁", " ")' in bullet[: bullet.index("\n- ")]
+
+
 def test_golden_sentence_uses_far_fewer_tokens(loaders, base_sp) -> None:  # type: ignore[no-untyped-def]
     sp, _, auto = loaders
     assert len(base_sp.encode(GOLDEN_KO)) == 30
