@@ -319,3 +319,42 @@ def test_config_vocab_size_disagreeing_with_the_weights_is_an_error(tmp_path: Pa
                                          r"\.weight in the weights has 32000 rows.*set vocab_size to 32000"):
         resize_embeddings(base, CHINESE, tmp_path / "out", base_tokenizer=LLAMA2_MODEL)
     assert not (tmp_path / "out").exists()
+
+
+def test_resize_replaces_its_own_earlier_output_and_refuses_foreign_weights(tmp_path: Path) -> None:
+    """Re-resizing over kovocab's own output leaves no stale shard or index beside the new model;
+    a folder holding weights kovocab did not write (pytorch_model.bin, another model's shard) is
+    refused and left byte-identical."""
+    from kovocab.errors import OutputError
+
+    sharded = tiny_llama(tmp_path / "sharded", shard="1MB")
+    single = tiny_llama(tmp_path / "single", shard="50MB", seed=1)
+    tok = truncated(CHINESE / "tokenizer.model", 32100, tmp_path / "expanded.model")
+    out = tmp_path / "out"
+    first = resize_embeddings(sharded, tok, out, base_tokenizer=LLAMA2_MODEL)
+    assert len(first.rewritten + first.linked) > 1 and (out / "model.safetensors.index.json").is_file()
+    second = resize_embeddings(single, tok, out, base_tokenizer=LLAMA2_MODEL)
+    names = {p.name for p in out.iterdir()}
+    assert not [n for n in names if n.startswith("model-") or n.endswith(".index.json")], names
+    assert names - {"manifest.json"} == set(json.loads((out / "manifest.json").read_text())["files"])
+    assert list(open_checkpoint(out).shards) == ["model.safetensors"]
+    assert torch.equal(weights(out)[EMBED][:32000], weights(single)[EMBED])
+    assert second.rewritten == ("model.safetensors",)
+
+    # The same folder with a user's .bin beside kovocab's output: refused, nothing removed.
+    torch.save({"w": torch.arange(4)}, out / "pytorch_model.bin")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(OutputError, match=r"resize_embeddings\.out_dir: .*pytorch_model\.bin"):
+        resize_embeddings(sharded, tok, out, base_tokenizer=LLAMA2_MODEL)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # Another model's shards, not written here by kovocab: refused too.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    shard = next(p for p in sorted(sharded.iterdir()) if p.name.startswith("model-"))
+    (theirs / shard.name).write_bytes(shard.read_bytes())
+    (theirs / "notes.md").write_text("원본 모델\n")
+    with pytest.raises(OutputError, match="notes.md"):
+        resize_embeddings(single, tok, theirs, base_tokenizer=LLAMA2_MODEL)
+    assert sorted(p.name for p in theirs.iterdir()) == sorted([shard.name, "notes.md"])
+    assert (theirs / shard.name).read_bytes() == shard.read_bytes()

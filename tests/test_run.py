@@ -158,7 +158,8 @@ def test_stopped_stage_continues_and_changed_stage_starts_clean(tmp_path: Path) 
     state["stages"]["expand_vocab"]["status"] = "started"
     (run_dir / "run.json").write_text(json.dumps(state))
     (run_dir / "tokenizer" / "tokenizer" / "manifest.json").unlink()
-    keep = run_dir / "tokenizer" / "partial-work"
+    # A temporary of the killed stage: kovocab's own, so it is neither refused nor wiped here.
+    keep = run_dir / "tokenizer" / "tokenizer" / ".tokenizer.json.ab12cd34.tmp"
     keep.write_text("x")
     res = run_recipe(recipe, stages=stages)
     assert [s.skipped for s in res.stages] == [True, False]
@@ -188,3 +189,43 @@ def test_shipped_tokenizer_recipes_build(recipe: Path) -> None:
         load_section(classes[name], data, name)
     if "expand_vocab" in data:
         assert load_section(ExpandVocabConfig, data, "expand_vocab").target_vocab_size % 64 == 0
+
+
+def test_run_folder_is_locked_and_a_changed_stage_keeps_foreign_files(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A second `kovocab run` into a folder in use is refused; a stage rerun for another config
+    removes only what it wrote, and refuses a folder holding anything else (nothing is deleted)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    recipe = tiny_recipe(run_dir)
+    recipe["shard"]["sources"] = recipe["shard"]["sources"][1:]  # the Constitution only: fast
+    path = write_recipe(tmp_path / "tiny.yaml", recipe)
+    hold = ("import sys, time\nfrom kovocab.artifacts import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert main(["run", str(path), "--stages", "shard"]) == 1
+        err = capsys.readouterr().err
+        assert f"kovocab: error: {run_dir} is in use by pid {proc.pid} on {socket.gethostname()}" in err
+        assert not (run_dir / "corpus").exists() and not (run_dir / "run.json").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    assert main(["run", str(path), "--stages", "shard", "-q"]) == 0  # takes over the dead run's lock
+    corpus = run_dir / "corpus"
+    shards = sorted(p.name for p in corpus.glob("train-*"))
+    notes = corpus / "notes.md"
+    notes.write_text("# 메모\n", encoding="utf-8")
+    assert main(["run", str(path), "--stages", "shard", "--set", "shard.shards=3", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "kovocab: error: shard.out:" in err and "notes.md" in err
+    assert notes.read_text(encoding="utf-8") == "# 메모\n"
+    assert sorted(p.name for p in corpus.glob("train-*")) == shards
+    notes.unlink()
+    assert main(["run", str(path), "--stages", "shard", "--set", "shard.shards=3", "-q"]) == 0
+    assert len(list(corpus.glob("train-*.parquet"))) == 3

@@ -22,11 +22,11 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 
 import yaml
 
@@ -347,7 +347,8 @@ def _acquire(out: Path, label: str) -> int:
         holder = _holder(fd)
         if holder is not None:
             pid, where = holder
-            if where != host or (pid != os.getpid() and _alive(pid)):
+            # On this host flock is exact: the holder is gone (even if its pid was reused since).
+            if where != host:
                 os.close(fd)
                 raise OutputError(
                     f"{out} is in use by pid {pid} on {where} (its lock file {path} is not held "
@@ -370,19 +371,33 @@ def _holder(fd: int) -> tuple[int, str] | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def claim_output(out: str | Path, owned: Owned, where: str) -> Iterator[Path]:
     """Lock `out` for this run and refuse it when it holds files the stage did not write."""
     with output_lock(out, where) as folder:
         check_output(folder, owned, where)
         yield folder
+
+
+_Stage = TypeVar("_Stage", bound=Callable[..., Any])
+
+
+def claims_output(owned: Owned, where: str, param: str = "out_dir") -> Callable[[_Stage], _Stage]:
+    """Decorator: the stage runs inside `claim_output` of its output folder, which is the
+    argument `param` or, for `stage(cfg)`, the config's field of that name."""
+    import functools
+    import inspect
+
+    def decorate(fn: _Stage) -> _Stage:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs).arguments
+            out = bound[param] if param in bound else getattr(next(iter(bound.values())), param)
+            with claim_output(out, owned, where):
+                return fn(*args, **kwargs)
+
+        return cast(_Stage, run)
+
+    return decorate

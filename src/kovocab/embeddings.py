@@ -4,6 +4,9 @@ Inputs: a Hugging Face checkpoint folder (safetensors) or a live model, and the 
 tokenizer. Output folder: the checkpoint with both matrices grown (only the shards
 holding them are rewritten, the rest hardlinked), `config.json` with the new
 `vocab_size`, the tokenizer, `config.yaml` and `manifest.json`. Rows: `embedding_init`.
+An earlier kovocab output in the folder is replaced whole (no stale shard, index or
+`pytorch_model.bin` stays beside the new model); a folder holding files kovocab did not
+write (another model's weights among them) is refused and left as it is.
 """
 
 from __future__ import annotations
@@ -16,13 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kovocab.artifacts import MANIFEST, write_config, write_json, write_manifest
+from kovocab.artifacts import (
+    MANIFEST,
+    Owned,
+    claim_output,
+    remove_outputs,
+    write_config,
+    write_json,
+    write_manifest,
+)
 from kovocab.config import opt
 from kovocab.embedding_init import Init, RowPlan, init_rows, plan_rows
 from kovocab.embedding_init import resize_model_embeddings as resize_model_embeddings  # the in-memory path
 from kovocab.errors import ConfigError, InputError, TokenizerError
 from kovocab.safetensors_io import (
     INDEX,
+    MODEL_FILES,
     SINGLE,
     Checkpoint,
     link_or_copy,
@@ -39,6 +51,9 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
 # Weights in other formats would be stale next to the resized safetensors.
 _STALE = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.safetensors")
+# The output folder: a model folder as kovocab writes one, plus the names a run copies from
+# its source (shards under their own names, README, LICENSE) or an earlier run's manifest lists.
+OUTPUTS = Owned("resize_embeddings", files=MODEL_FILES)
 
 
 @dataclass(frozen=True)
@@ -166,46 +181,50 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
         )
     names = (embed,) if head is None else (embed, head)
 
-    if out.is_dir() and any(out.iterdir()):
-        log.warning("%s is not empty; files of an earlier run that this one does not write stay", out)
-    out.mkdir(parents=True, exist_ok=True)
-    rewritten: list[str] = []
-    linked: list[str] = []
-    copied: list[str] = []
-    grown_bytes = 0
-    for shard in ckpt.shards:
-        changed = [n for n in names if ckpt.weight_map[n] == shard]
-        if not changed:
-            how = link_or_copy(src / shard, out / shard, cfg.link)
-            (linked if how == "hardlink" else copied).append(shard)
-            continue
-        # One shard at a time, so memory holds at most the matrices of one shard.
-        header = ckpt.header(changed[0])
-        replacements = {n: _resized(read_tensor(src / shard, n), plan, cfg) for n in changed}
-        grown_bytes += rewrite_shard(header, out / shard, replacements)
-        rewritten.append(shard)
-        del replacements
-    if ckpt.index is not None:
-        index = json.loads(json.dumps(ckpt.index))
-        meta = index.setdefault("metadata", {})
-        grown_rows = (plan.total_rows - rows) * len(names)
-        if "total_size" in meta:
-            meta["total_size"] = int(meta["total_size"]) + grown_bytes
-        if "total_parameters" in meta:
-            meta["total_parameters"] = int(meta["total_parameters"]) + grown_rows * hidden
-        write_json(out / INDEX, index)
-    _set_vocab_size(model_config, plan.total_rows)
-    write_json(out / "config.json", model_config)
-    _copy_extras(src, out)
-    _write_tokenizer(Path(cfg.tokenizer), out, plan, model_config.get("max_position_embeddings", 4096))
+    extras = _extras(src)
+    # Refused: anything kovocab did not write (pytorch_model.bin, another model's shards, notes).
+    # Replaced: an earlier kovocab output there, whole, so no stale shard or index stays.
+    owned = OUTPUTS.with_names(*ckpt.shards, *(p.name for p in extras))
+    with claim_output(out, owned, "resize_embeddings.out_dir"):
+        remove_outputs(out, owned, "resize_embeddings.out_dir")
+        rewritten: list[str] = []
+        linked: list[str] = []
+        copied: list[str] = []
+        grown_bytes = 0
+        for shard in ckpt.shards:
+            changed = [n for n in names if ckpt.weight_map[n] == shard]
+            if not changed:
+                how = link_or_copy(src / shard, out / shard, cfg.link)
+                (linked if how == "hardlink" else copied).append(shard)
+                continue
+            # One shard at a time, so memory holds at most the matrices of one shard.
+            header = ckpt.header(changed[0])
+            replacements = {n: _resized(read_tensor(src / shard, n), plan, cfg) for n in changed}
+            grown_bytes += rewrite_shard(header, out / shard, replacements)
+            rewritten.append(shard)
+            del replacements
+        if ckpt.index is not None:
+            index = json.loads(json.dumps(ckpt.index))
+            meta = index.setdefault("metadata", {})
+            grown_rows = (plan.total_rows - rows) * len(names)
+            if "total_size" in meta:
+                meta["total_size"] = int(meta["total_size"]) + grown_bytes
+            if "total_parameters" in meta:
+                meta["total_parameters"] = int(meta["total_parameters"]) + grown_rows * hidden
+            write_json(out / INDEX, index)
+        _set_vocab_size(model_config, plan.total_rows)
+        write_json(out / "config.json", model_config)
+        for p in extras:
+            link_or_copy(p, out / p.name, "copy")
+        _write_tokenizer(Path(cfg.tokenizer), out, plan, model_config.get("max_position_embeddings", 4096))
 
-    result = ResizeResult(out, plan, tied, names, tuple(rewritten), tuple(linked), tuple(copied),
-                          time.perf_counter() - t0, out / MANIFEST)
-    write_config(out, "resize_embeddings", cfg)
-    inputs = {"model_dir": str(src), "tokenizer": str(cfg.tokenizer), "base_tokenizer": str(base)}
-    write_manifest(out, "resize_embeddings", result.stats, inputs=inputs)
-    log.info("resized %s -> %s: %d -> %d rows (%s)", src, out, rows, plan.total_rows, cfg.init)
-    return result
+        result = ResizeResult(out, plan, tied, names, tuple(rewritten), tuple(linked), tuple(copied),
+                              time.perf_counter() - t0, out / MANIFEST)
+        write_config(out, "resize_embeddings", cfg)
+        inputs = {"model_dir": str(src), "tokenizer": str(cfg.tokenizer), "base_tokenizer": str(base)}
+        write_manifest(out, "resize_embeddings", result.stats, inputs=inputs)
+        log.info("resized %s -> %s: %d -> %d rows (%s)", src, out, rows, plan.total_rows, cfg.init)
+        return result
 
 
 def check_config_vocab(model_dir: str | Path, where: str) -> None:
@@ -265,9 +284,10 @@ def _set_vocab_size(config: dict[str, Any], rows: int) -> None:
         text["vocab_size"] = rows
 
 
-def _copy_extras(src: Path, out: Path) -> None:
-    """Small side files (generation_config.json, README, LICENSE) travel with the weights."""
+def _extras(src: Path) -> list[Path]:
+    """Small side files (generation_config.json, README, LICENSE) that travel with the weights."""
     skip = {INDEX, SINGLE, "config.json", MANIFEST, "config.yaml", *TOKENIZER_FILES}
+    extras = []
     for p in sorted(src.iterdir()):
         if not p.is_file() or p.name.startswith(".") or p.name in skip:
             continue
@@ -275,7 +295,8 @@ def _copy_extras(src: Path, out: Path) -> None:
             if p.suffix != ".safetensors":
                 log.warning("not copying %s: weights in another format would not match", p.name)
             continue
-        link_or_copy(p, out / p.name, "copy")
+        extras.append(p)
+    return extras
 
 
 def _write_tokenizer(tokenizer: Path, out: Path, plan: RowPlan, max_length: int) -> None:

@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kovocab.artifacts import write_config, write_manifest
+from kovocab.artifacts import Owned, claim_output, remove_outputs, write_config, write_manifest
 from kovocab.config import opt
 from kovocab.errors import ConfigError, require
+from kovocab.safetensors_io import MODEL_FILES
 from kovocab.tokenizer_export import load_proto, write_hf_tokenizer
 from kovocab.vocab_merge import find_sentencepiece_model
 
 log = logging.getLogger(__name__)
 
 SECTION = "init_model"
+OUTPUTS = Owned(SECTION, files=MODEL_FILES)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,16 @@ class InitModelResult:
 
 
 def init_model(cfg: InitModelConfig) -> InitModelResult:
-    """Write a seeded, randomly initialised Llama (safetensors) with the base tokenizer beside it."""
+    """Write a seeded, randomly initialised Llama (safetensors) with the base tokenizer beside it.
+
+    Holds the lock on `cfg.out_dir`; a folder holding other files than a model folder as
+    kovocab writes one is refused, and an earlier output there is replaced whole.
+    """
+    with claim_output(cfg.out_dir, OUTPUTS, f"{SECTION}.out_dir"):
+        return _init_model(cfg)
+
+
+def _init_model(cfg: InitModelConfig) -> InitModelResult:
     problems = cfg.check()
     if problems:
         raise ConfigError([f"{SECTION}.{p}" for p in problems])
@@ -89,6 +100,8 @@ def init_model(cfg: InitModelConfig) -> InitModelResult:
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(model_cfg)
     out = Path(cfg.out_dir)
+    # An earlier output goes whole: a stale index beside a new single file would be read first.
+    remove_outputs(out, OUTPUTS, f"{SECTION}.out_dir")
     out.mkdir(parents=True, exist_ok=True)
     # safetensors only: resize-embeddings reads shards lazily and refuses stale .bin files.
     model.save_pretrained(out, safe_serialization=True)

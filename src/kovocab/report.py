@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from kovocab.artifacts import atomic_write_text, sha256_file, write_config, write_json, write_manifest
+from kovocab.artifacts import (
+    Owned,
+    atomic_write_text,
+    claims_output,
+    exact,
+    sha256_file,
+    write_config,
+    write_json,
+    write_manifest,
+)
 from kovocab.config import build, opt
 from kovocab.errors import ConfigError, InputError, KovocabError
 from kovocab.tokenizer_loading import Encoder, load_tokenizer
@@ -24,6 +33,8 @@ if TYPE_CHECKING:  # numpy and the text readers load with the stage, not with `k
     from kovocab.report_texts import TextSet
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = Owned("report", files=exact("report.json", "report.md", "report.html"))  # what it writes in out_dir
 
 DEFAULT_EXAMPLES = (
     "안녕하세요, 오늘은 날씨가 좋네요.",  # the Llama-2-Ko model card's sentence
@@ -59,11 +70,20 @@ class ReportConfig:
     max_lines: int | None = opt(10000, "first N non-empty lines per text set (null: all)")
     text_field: str = opt("text", "JSONL/JSON field or TSV column when a text set names none")
     shard_split: Literal["train", "eval"] = opt("eval", "split read from kovocab shard folders")
+    reference_tokenizers: tuple[TokenizerSpec, ...] = opt(
+        (), "more {name, path} tokenizers, each skipped with a warning when its file is missing "
+        "(reference tokenizers not every machine has)"
+    )
+    extra_texts: tuple[TextSpec, ...] = opt(
+        (), "more {name, path, field} text sets (in `kovocab run`, `texts` is wired to the held-out split)"
+    )
+    sweep_file: Path | None = opt(None, "sweep.json from expand_vocab's sweep: a curve of the sizes")
 
     def check(self) -> list[str]:
         problems = []
-        names = [t.name for t in self.tokenizers]
-        for what, seq in (("tokenizers", names), ("texts", [t.name for t in self.texts])):
+        names = [t.name for t in (*self.tokenizers, *self.reference_tokenizers)]
+        sets = [t.name for t in (*self.texts, *self.extra_texts)]
+        for what, seq in (("tokenizers", names), ("texts", sets)):
             if not seq:
                 problems.append(f"{what}: give at least one NAME=PATH")
             dup = sorted({n for n in seq if seq.count(n) > 1})
@@ -101,8 +121,12 @@ def efficiency_report(
     max_lines: int | None = 10000,
     text_field: str = "text",
     shard_split: Literal["train", "eval"] = "eval",
+    sweep: Sequence[Mapping[str, Any]] = (),
 ) -> ReportResult:
-    """Compare `tokenizers` ({name: path}) on `texts` ({name: path or path:field}) into `out_dir`."""
+    """Compare `tokenizers` ({name: path}) on `texts` ({name: path or path:field}) into `out_dir`.
+
+    `sweep`: the rows of an expand_vocab sweep (`ExpandResult.sweep`), drawn as a curve.
+    """
     raw = {
         "tokenizers": [{"name": n, "path": str(p)} for n, p in tokenizers.items()],
         "texts": [{"name": n, "path": str(p)} for n, p in texts.items()],
@@ -117,15 +141,19 @@ def efficiency_report(
     cfg = build(ReportConfig, raw, "report", problems)
     if problems or cfg is None:
         raise ConfigError(problems)
-    return run_report(cfg)
+    return run_report(cfg, sweep)
 
 
-def run_report(cfg: ReportConfig) -> ReportResult:
+@claims_output(OUTPUTS, "report.out_dir")
+def run_report(cfg: ReportConfig, sweep: Sequence[Mapping[str, Any]] = ()) -> ReportResult:
     """Measure every tokenizer on every text set and write the report files."""
     from kovocab.report_html import render_html, render_markdown
 
     encoders, sets = _load_inputs(cfg)
     figures = measure(encoders, sets, cfg.base_name, cfg.examples or DEFAULT_EXAMPLES)
+    rows = [dict(r) for r in sweep] or _read_sweep(cfg.sweep_file)
+    if rows:
+        figures["sweep"] = rows
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("report.json", "report.md", "report.html")}
@@ -149,19 +177,38 @@ def run_report(cfg: ReportConfig) -> ReportResult:
     )
 
 
+def _read_sweep(path: Path | None) -> list[dict[str, Any]]:
+    import json
+
+    if path is None:
+        return []
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"report.sweep_file: cannot read the sweep rows from {path} ({exc}); give the sweep.json "
+            "that expand_vocab writes with a sweep, or drop the key"
+        ) from exc
+    return [dict(r) for r in rows]
+
+
 def _load_inputs(cfg: ReportConfig) -> tuple[dict[str, Encoder], list[TextSet]]:
     """Load every tokenizer and text set, reporting all unreadable inputs at once."""
     from kovocab.report_texts import read_text_set
 
     problems: list[str] = []
     encoders: dict[str, Encoder] = {}
-    for spec in cfg.tokenizers:
+    present = [r for r in cfg.reference_tokenizers if Path(r.path).exists()]
+    for r in cfg.reference_tokenizers:
+        if r not in present:
+            log.warning("reference tokenizer '%s' skipped: %s not found", r.name, r.path)
+    for spec in (*cfg.tokenizers, *present):
         try:
             encoders[spec.name] = load_tokenizer(spec.path)
         except KovocabError as exc:
             problems.append(f"tokenizer '{spec.name}': {exc}")
     sets = []
-    for t in cfg.texts:
+    for t in (*cfg.texts, *cfg.extra_texts):
         try:
             sets.append(
                 read_text_set(t.name, t.path, t.field, cfg.text_field, cfg.shard_split, cfg.max_lines)
@@ -309,8 +356,9 @@ METRIC_DOCS = {
     "bytes_per_token": "UTF-8 bytes per token",
     "fertility": "tokens per whitespace-separated word (eojeol for Korean)",
     "multi_token_word_share": "share of words that take more than one token",
-    "byte_fallback_share": "share of tokens that are raw bytes: byte-fallback pieces <0xNN>, or in "
-    "byte-level BPE tokens that are not whole UTF-8 characters",
+    "byte_fallback_share": "share of tokens whose bytes are not whole UTF-8 characters: byte-fallback "
+    "pieces <0xNN> (SentencePiece, tokenizers), and byte-level BPE tokens holding part of a character "
+    "(Llama-3, Qwen); bench/tokenizer_bench.py counts the same",
     "unk_share": "share of tokens that are the unknown token",
     "roundtrip_rate": "share of lines with decode(encode(line)) == line",
     "tokens_vs_base": "tokens / tokens of the base tokenizer on the same lines",

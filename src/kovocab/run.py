@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kovocab.artifacts import read_manifest, write_json
+from kovocab.artifacts import Owned, output_lock, read_manifest, remove_outputs, write_json
 from kovocab.config import load_section, opt, resolve_path, resolve_paths, to_dict
 from kovocab.errors import ConfigError
 
@@ -89,6 +88,8 @@ class _Stage:
     build: Callable[[Mapping[str, Any], dict[str, Any]], Any] | None = None  # default: stage_section
     # (section, folder) -> the section with its relative paths made absolute; default: by cls's types
     absolutize: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
+    # config -> the artifacts.Owned of its out_dir: what a rerun with another config removes
+    owned: Callable[[Any], Owned] | None = None
 
     def config(self, data: Mapping[str, Any], section: dict[str, Any]) -> Any:
         if self.build is not None:
@@ -126,7 +127,13 @@ def run_recipe(
     config is built (and so checked) before the first stage runs.
     """
     cfg, run_dir, plan = _plan(recipe, overrides, out_dir, stages, force)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # One run per folder. Each stage locks its own folder too; a stage writing into the
+    # run folder itself re-enters this lock (locks are re-entrant within a process).
+    with output_lock(run_dir, f"{SECTION}.out_dir"):
+        return _run_plan(cfg, run_dir, plan)
+
+
+def _run_plan(cfg: RunConfig, run_dir: Path, plan: list[tuple[_Stage, Any]]) -> RunResult:
     state = _read_state(run_dir)
     upstream = ""
     done: list[StageOutcome] = []
@@ -145,8 +152,11 @@ def run_recipe(
             # the same config continues (shard resumes its tasks, pretrain its checkpoints).
             fresh = cfg.force or prior.get("fingerprint") != fingerprint
             if fresh and out.exists() and out != run_dir and out.is_relative_to(run_dir):
-                log.warning("run: %s: removing %s, written for another config", stage.name, out)
-                shutil.rmtree(out)
+                # Only what the stage wrote there: a folder holding anything else is refused.
+                log.warning("run: %s: removing its outputs in %s (another config)", stage.name, out)
+                owned = stage.owned(stage_cfg) if stage.owned is not None else Owned(stage.name)
+                key = "out_dir" if hasattr(stage_cfg, "out_dir") else "out"  # shard's is `out`
+                remove_outputs(out, owned, f"{stage.name}.{key}")
             log.info("run: %s -> %s", stage.name, out)
             # Recorded before the stage runs, so a killed stage is continued, not wiped, next time.
             state["stages"][stage.name] = {"fingerprint": fingerprint, "out_dir": str(out),

@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+# The names of a Hugging Face model folder as kovocab writes one (init-model, resize, the
+# pretrain export): patterns for artifacts.Owned. Other weights (pytorch_model.bin, *.pt)
+# are never kovocab's, so a folder holding them is refused, not cleaned.
+MODEL_FILES = (
+    r"model\.safetensors", r"model\.safetensors\.index\.json", r"model-\d{5}-of-\d{5}\.safetensors",
+    r"config\.json", r"generation_config\.json", r"tokenizer\.model", r"tokenizer\.json",
+    r"tokenizer_config\.json", r"special_tokens_map\.json", r"added_tokens\.json",
+)
 _MAX_HEADER_BYTES = 100 << 20  # the reference implementation refuses larger headers too
 _COPY_CHUNK_BYTES = 64 << 20
 _ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kovocab.artifacts import Owned, claims_output, exact
 from kovocab.config import build, opt
 from kovocab.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = Owned("eval", files=exact("eval.json", "eval.md", "items.jsonl"))  # what it writes in out_dir
 
 Task = Literal["boolq", "copa", "hellaswag", "sentineg", "wic"]
 ALL_TASKS: tuple[Task, ...] = ("boolq", "copa", "hellaswag", "sentineg", "wic")
@@ -47,7 +50,9 @@ class EvalConfig:
     kobest_split: Literal["test", "dev"] = opt("test", "split scored (few-shot examples come from train)")
     max_examples_per_task: int | None = opt(None, "first N items per task (the harness's --limit); null: all")
     seed: int = opt(1234, "few-shot sampling seed (lm_eval's default --fewshot_seed)")
-    add_bos: bool = opt(True, "prepend BOS to prompts (recent harness with Llama; false: older harness)")
+    add_bos: bool | None = opt(
+        None, "prepend BOS to prompts; null: as the model's Hugging Face tokenizer does (the harness's "
+        "default); true/false: always/never (older harness versions sent none)")
     batch_size: int = opt(16, "(prompt, choice) pairs or documents per forward pass")
     share_contexts: bool = opt(True, "run an item's prompt once for all its choices (KV cache)")
     max_length: int | None = opt(None, "window in tokens; default the model's max_position_embeddings")
@@ -101,8 +106,8 @@ class EvalResult:
     items: Path
     manifest: Path
 
-    def score(self, task: str, shots: int, metric: str = "macro_f1", model: str | None = None) -> float:
-        """One KoBEST figure, e.g. score("copa", 0) for the first model's macro-F1."""
+    def score(self, task: str, shots: int, metric: str = "f1", model: str | None = None) -> float:
+        """One KoBEST figure, e.g. score("copa", 0) for the first model's f1 (macro-averaged)."""
         name = model or self.figures["models"][0]["name"]
         return float(self.figures["kobest"][task][str(shots)][name][metric])
 
@@ -121,6 +126,7 @@ def evaluate(cfg: EvalConfig | None = None, *, progress: bool | None = None, **f
     return _run(cfg, progress)
 
 
+@claims_output(OUTPUTS, "eval.out_dir")
 def _run(cfg: EvalConfig, progress: bool | None) -> EvalResult:
     from kovocab.artifacts import atomic_write_text, write_config, write_json, write_manifest
     from kovocab.bpb import read_documents
@@ -150,7 +156,8 @@ def _run(cfg: EvalConfig, progress: bool | None) -> EvalResult:
         scorer = load_scorer(model_dir, tok, cfg.dtype, cfg.device, cfg.max_length, cfg.add_bos,
                              what="eval.models")
         figures["models"].append({"name": name, "model": str(model_dir), "tokenizer": str(scorer.tokenizer),
-                                  "pieces": scorer.sp.get_piece_size(), "window": scorer.window})
+                                  "pieces": scorer.sp.get_piece_size(), "window": scorer.window,
+                                  "add_bos": scorer.add_bos})
         for text, documents in texts.items():
             tick = time.perf_counter()
             nll = _bpb(scorer, documents, cfg)
@@ -159,12 +166,12 @@ def _run(cfg: EvalConfig, progress: bool | None) -> EvalResult:
             tick = time.perf_counter()
             lls = _score_task(scorer, docs, contexts, cfg, progress, f"{name} {task} {shots}-shot")
             per_model = figures["kobest"].setdefault(task, {}).setdefault(str(shots), {})
-            per_model[name] = {**kobest.task_metrics(docs, lls), "seconds": time.perf_counter() - tick}
+            per_model[name] = {**kobest.task_metrics(docs, lls, task), "seconds": time.perf_counter() - tick}
             items += [{"model": name, "task": task, "shots": shots, "index": i, "gold": d.gold,
                        "pred": max(range(len(ll)), key=ll.__getitem__), "loglikelihoods": ll}
                       for i, (d, ll) in enumerate(zip(docs, lls, strict=True))]
-            log.info("%s %s %d-shot: acc %.4f, macro-F1 %.4f", name, task, shots,
-                     per_model[name]["acc"], per_model[name]["macro_f1"])
+            log.info("%s %s %d-shot: acc %.4f, f1 (macro) %.4f", name, task, shots,
+                     per_model[name]["acc"], per_model[name]["f1"])
         del scorer
     figures["settings"] = {"kobest_split": cfg.kobest_split, "tasks": list(cfg.tasks),
                            "shots": list(cfg.shots), "max_examples_per_task": cfg.max_examples_per_task,

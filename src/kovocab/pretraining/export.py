@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kovocab.artifacts import write_config, write_manifest
-from kovocab.pretraining.config import SECTION, PretrainConfig
+from kovocab.artifacts import remove_outputs, write_config, write_manifest
+from kovocab.errors import OutputError
+from kovocab.pretraining.config import EXPORT, SECTION, PretrainConfig
 from kovocab.pretraining.engine import gather_state_dict
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,13 @@ def export_hf(model: Any, out: Path, cfg: PretrainConfig, is_main: bool, stats: 
         write_config(tmp, SECTION, cfg)
         write_manifest(tmp, "pretrain", stats, inputs={"model_dir": str(cfg.model_dir),
                                                        "tokenizer": str(cfg.tokenizer_dir)})
-        shutil.rmtree(out, ignore_errors=True)
+        if out.exists():  # an earlier export: only what it wrote goes (checked when the run began)
+            remove_outputs(out, EXPORT, f"{SECTION}.out_dir")
+            try:
+                out.rmdir()
+            except OSError as exc:
+                raise OutputError(f"{out} still holds other files ({exc.strerror}); remove them and "
+                                  f"resume: the model is in {tmp}") from exc
         tmp.rename(out)
         log.info("exported the model to %s", out)
     dist.barrier()

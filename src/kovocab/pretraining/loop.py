@@ -7,6 +7,7 @@ exported model), stages/NAME/ (optional per-stage exports), result.json, error.j
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kovocab.artifacts import write_config, write_json
+from kovocab.artifacts import claim_output, write_config, write_json
 from kovocab.errors import ConfigError, InputError, KovocabError
 from kovocab.pretraining.checkpoint import latest_tag, load_rank_state, save_checkpoint, set_rng_state
-from kovocab.pretraining.config import SECTION, PretrainConfig, check_paths, deepspeed_config
+from kovocab.pretraining.config import SECTION, PretrainConfig, check_paths, deepspeed_config, outputs
 from kovocab.pretraining.engine import (
     Dist,
     base_rows,
@@ -33,7 +34,14 @@ from kovocab.pretraining.engine import (
     setup_distributed,
 )
 from kovocab.pretraining.export import export_hf
-from kovocab.pretraining.metrics import MetricsLog, bits_per_byte, load_held_out, mfu
+from kovocab.pretraining.metrics import (
+    MetricsLog,
+    bits_per_byte,
+    flops_per_token,
+    load_held_out,
+    mfu,
+    progress_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +78,27 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     own_group = "RANK" not in os.environ  # a 1-process job made here, not by a launcher
     dist = setup_distributed(cfg.dist_backend)
     try:
-        return _run(cfg, dist, resume)
-    except KovocabError as exc:
-        if dist.is_main:  # the launching process re-raises this message
-            write_json(cfg.out_dir / "error.json", {"error": str(exc), "type": type(exc).__name__})
-        raise
+        # Outside the except below: a folder in use by another run gets no error.json of ours.
+        with _out_dir_lock(cfg, dist):
+            try:
+                return _run(cfg, dist, resume)
+            except KovocabError as exc:
+                if dist.is_main:  # the launching process re-raises this message
+                    write_json(cfg.out_dir / "error.json", {"error": str(exc), "type": type(exc).__name__})
+                raise
     finally:
         if own_group:
             forget_launcher_env()
+
+
+def _out_dir_lock(cfg: PretrainConfig, dist: Dist) -> contextlib.AbstractContextManager[Any]:
+    """The lock on out_dir: held by rank 0 of a job started by torchrun, the deepspeed launcher
+    or srun; in ranks that `kovocab pretrain` started, the launching process holds it."""
+    from kovocab.pretraining.launch import LAUNCHED
+
+    if not dist.is_main or os.environ.get(LAUNCHED):
+        return contextlib.nullcontext()
+    return claim_output(cfg.out_dir, outputs(cfg), f"{SECTION}.out_dir")
 
 
 def open_stores(cfg: PretrainConfig, dist: Dist) -> tuple[Any, Any]:
@@ -131,6 +152,9 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
     if partitions is not None:
         write_json(cfg.out_dir / "zero3_partitions.json", partitions)
     n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+    mc = model.config
+    flops = flops_per_token(n_params, math.prod(param_shape(model.get_input_embeddings().weight)),
+                            mc.num_hidden_layers, mc.hidden_size, cfg.seq_len)
     held = [h for h in (
         load_held_out("ko", cfg.eval_korean, cfg.eval_max_documents, f"{SECTION}.eval_korean"),
         load_held_out("en", cfg.eval_english, cfg.eval_max_documents, f"{SECTION}.eval_english"),
@@ -145,7 +169,8 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
     metrics = MetricsLog(cfg.out_dir / "metrics.jsonl", dist.is_main, resumed)
     tokens_per_step = cfg.seq_len * cfg.micro_batch_size * cfg.gradient_accumulation_steps * dist.world_size
     step, last_loss, first = 0, None, True
-    bar = _progress(cfg.total_steps, resumed or 0, dist.is_main)
+    bar, redirect = _progress(cfg.total_steps, resumed or 0, dist.is_main)
+    window = _Window(cfg.total_steps, resumed or 0)
     try:
         for index, stage in enumerate(cfg.stages):
             end = step + stage.steps
@@ -182,18 +207,27 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
                     "step": step, "stage": stage.name, "loss": last_loss, "lr": lrs[-1],
                     "embedding_lr": lrs[0], "grad_norm": grad_norm, "tokens": step * tokens_per_step,
                     "tokens_per_s": tokens_per_step / dt,
-                    "mfu": mfu(n_params, tokens_per_step / dt, cfg.peak_flops, dist.world_size),
+                    "mfu": mfu(flops, tokens_per_step / dt, cfg.peak_flops, dist.world_size),
                 }
+                if dist.on_gpu:
+                    record["max_memory_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
+                window.add(tokens_per_step, dt)
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.total_steps):
                     record.update(_evaluate(engine.module, held, cfg, dist.device))
                 metrics.write(record)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(stage=stage.name, loss=f"{last_loss:.3f}")
+                events = []
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.total_steps:
-                    save_checkpoint(engine, ckpt_root, step, dist.rank, dist.is_main,
-                                    {"step": step, "stage": index, "data": blocks.state_dict()},
-                                    cfg.keep_checkpoints)
+                    tag = save_checkpoint(engine, ckpt_root, step, dist.rank, dist.is_main,
+                                          {"step": step, "stage": index, "data": blocks.state_dict()},
+                                          cfg.keep_checkpoints)
+                    events.append(f"checkpoint {tag}")
+                if step == end:
+                    events.append(f"end of stage {stage.name}")
+                if events or (cfg.log_every and step % cfg.log_every == 0):
+                    log.info("%s", window.line(record, flops, cfg.peak_flops, dist.world_size, events))
             if cfg.export_stages:
                 export_hf(engine.module, cfg.out_dir / "stages" / stage.name, cfg, dist.is_main,
                           {"stage": stage.name, "step": step})
@@ -209,6 +243,7 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
     finally:
         metrics.close()
         if bar is not None:
+            redirect.close()
             bar.close()
     del keep_ds
     result = PretrainResult(cfg.out_dir, export, cfg.out_dir / "metrics.jsonl", ckpt_root, step, last_loss,
@@ -250,10 +285,36 @@ def _float(value: Any) -> float | None:
     return float(value.item() if hasattr(value, "item") else value)
 
 
-def _progress(total: int, done: int, enabled: bool) -> Any:
-    """A tqdm bar on rank 0 when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+class _Window:
+    """Throughput since the last progress line and the ETA, for `progress_line`."""
 
-    return tqdm(total=total, initial=done, unit="step", desc="pretrain")
+    def __init__(self, total: int, done: int) -> None:
+        self.total, self.start_step, self.start = total, done, time.perf_counter()
+        self.tokens, self.seconds = 0, 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def line(self, record: dict[str, Any], flops: float, peak_flops: float | None, world_size: int,
+             events: list[str]) -> str:
+        # tokens/s and MFU over the training steps since the last line (evaluation and
+        # checkpoint time left out); the ETA from wall time, which includes them.
+        rate = self.tokens / self.seconds if self.seconds else record["tokens_per_s"]
+        shown = {**record, "tokens_per_s": rate, "mfu": mfu(flops, rate, peak_flops, world_size)}
+        done = record["step"] - self.start_step
+        eta = (time.perf_counter() - self.start) / done * (self.total - record["step"]) if done else None
+        self.tokens, self.seconds = 0, 0.0
+        return progress_line(shown, self.total, eta, events)
+
+
+def _progress(total: int, done: int, enabled: bool) -> tuple[Any, contextlib.ExitStack]:
+    """A tqdm bar on rank 0 when stderr is a terminal (log lines then print above it), else None."""
+    redirect = contextlib.ExitStack()
+    if not enabled or not sys.stderr.isatty():
+        return None, redirect
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    redirect.enter_context(logging_redirect_tqdm())
+    return tqdm(total=total, initial=done, unit="step", desc="pretrain"), redirect
