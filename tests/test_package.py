@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import ROOT
+import pytest
+from conftest import DATA, LLAMA2_MODEL, ROOT
 
 from kovocab.cli import main
 
@@ -116,3 +119,86 @@ def test_recipe_with_other_commands_sections_is_accepted(tmp_path: Path) -> None
     data = _recipe_data(args)
     assert data["vocab_merge"]["target_vocab_size"] == 33024
     assert {"expand_vocab", "tokenizer_training"} <= set(data)
+
+
+# --- a full disk and a read-only folder (issue 12.6): real small filesystems ---------------
+
+
+@contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs at `path` (mount needs root; the test is skipped where it is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+NOVELS = sorted((DATA / "koconovel" / "text").glob("*.jsonl"))
+
+
+def test_full_disk_during_shard_is_one_line_and_resumes(tmp_path: Path) -> None:
+    # Phase 1 fits in 2.6 MB, the merged shards do not: ENOSPC arrives inside pyarrow's writers,
+    # which used to add `ValueError: write to closed file` tracebacks to the OSError's.
+    def shard(out: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "kovocab", "shard", *map(str, NOVELS), "--format", "jsonl"]
+        return subprocess.run([*argv, "--out", str(out), "-q"], capture_output=True, text=True, check=False)
+
+    ref = shard(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    with tmpfs(tmp_path / "small", "size=2600k") as small:
+        out = small / "out"
+        done = shard(out)
+        assert done.returncode == 1
+        assert done.stderr == (f"kovocab: error: {out}: no space left on the device while writing; free "
+                               "space or choose another --out, then rerun (this run did not finish: its "
+                               "folder has no new manifest.json)\n")
+        assert not (out / "manifest.json").exists()
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
+        again = shard(out)
+        assert again.returncode == 0, again.stderr
+        for f in sorted((tmp_path / "ref").glob("*-of-*")):
+            assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def _tokenizer_commands(tmp_path: Path) -> tuple[list[str], list[str]]:
+    """train-tokenizer and merge-vocab command lines without --out (a Korean model trained here)."""
+    train = ["train-tokenizer", *map(str, NOVELS[:6]), "--vocab-size", "2000"]
+    assert main([*train, "--out", str(tmp_path / "k"), "-q"]) == 0
+    korean = tmp_path / "k" / "korean_bpe.model"
+    merge = ["merge-vocab", "--base", str(LLAMA2_MODEL), "--korean-model", str(korean),
+             "--target-vocab-size", "33024"]
+    return train, merge
+
+
+def test_full_disk_in_tokenizer_stages(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    train, merge = _tokenizer_commands(tmp_path)
+    with tmpfs(tmp_path / "small", "size=16k") as small:
+        for argv, out in ((train, small / "k"), (merge, small / "t")):
+            assert main([*argv, "--out", str(out), "-q"]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(f"kovocab: error: {out}: no space left on the device while writing")
+            assert "free space or choose another --out" in err
+            assert not list(small.rglob("manifest.json")) and not list(small.rglob("*.model"))
+
+
+def test_read_only_output_folders_are_clear_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    train, merge = _tokenizer_commands(tmp_path)
+    shard = ["shard", str(NOVELS[0]), "--format", "jsonl"]
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        for argv, out in ((shard, ro / "s"), (train, ro), (merge, ro / "t")):
+            assert main([*argv, "--out", str(out), "-q"]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("kovocab: error: ") and str(ro) in err and "Read-only file system" in err
+            assert "choose" in err and "Traceback" not in err
+    # A folder that turns out unwritable part-way (here shard's work folder) is the same one line.
+    out = tmp_path / "out"
+    with tmpfs(out / ".work", "ro,size=64k") as work:
+        assert main(["shard", str(NOVELS[0]), "--format", "jsonl", "--out", str(out), "-q"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"kovocab: error: {work}/") and err.rstrip().endswith(
+            "cannot write (Read-only file system); make the folder writable or choose another --out")

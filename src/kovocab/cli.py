@@ -9,6 +9,7 @@ returns an exit code so tests call it directly.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -139,6 +140,7 @@ def _run_shard(args: argparse.Namespace) -> int:
     if args.shards is not None:
         section["shards"] = args.shards
     cfg = load_shard_config({**data, "shard": section})
+    args.resolved_out = cfg.out  # named by error messages about the disk
     if args.task is not None or args.num_tasks is not None:
         if args.task is None or args.num_tasks is None:
             raise ConfigError("--task and --num-tasks go together (task I of N, I in 0..N-1)")
@@ -180,8 +182,9 @@ def _stage_config(args: argparse.Namespace, cls: type, section: str, **flags: An
         elif isinstance(value, tuple):
             value = tuple(v.absolute() if isinstance(v, Path) else v for v in value)
         section_data[key] = value
-    cfg: Any = load_section(cls, {section: section_data}, section)
-    return resolve_paths(cfg, data.get("_recipe_dir"))
+    cfg: Any = resolve_paths(load_section(cls, {section: section_data}, section), data.get("_recipe_dir"))
+    args.resolved_out = getattr(cfg, "out_dir", None) or getattr(cfg, "out", None)  # for disk errors
+    return cfg
 
 
 def _add_train_tokenizer(sub: Any) -> None:
@@ -520,6 +523,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     if not args.recipe:
         raise ConfigError("pretrain: give --config pretrain/NAME.yaml (section pretrain:)")
     cfg = load_pretrain_config(_recipe_data(args))
+    args.resolved_out = cfg.out_dir  # for disk errors
     if args.prepare_data_only:
         from kovocab.pretraining.config import check_paths
         from kovocab.pretraining.launch import prepare_data
@@ -681,6 +685,34 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+_NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+             errno.EFBIG: "file too large for the filesystem or the file size limit (ulimit -f)"}
+_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _os_error_message(exc: OSError, args: argparse.Namespace) -> str | None:
+    """One line for a full disk or a folder kovocab may not write, naming the path and the way out.
+
+    Stages write under temporary names and rename at the end, so what such a failure leaves
+    behind never looks finished; a rerun with room resumes where the stages support it.
+    """
+    out = getattr(args, "out", None) or getattr(args, "resolved_out", None)
+    path = exc.filename or out
+    where = f"{path}: " if path else ""
+    if exc.errno in _NO_SPACE:
+        return (f"{where}{_NO_SPACE[exc.errno]} while writing; free space or choose another --out, "
+                "then rerun (this run did not finish: its folder has no new manifest.json)")
+    if exc.errno in _NO_ACCESS:
+        output = out is not None and path is not None and Path(path).absolute().is_relative_to(
+            Path(out).absolute())
+        reason = exc.strerror or "permission denied"
+        if output or exc.errno == errno.EROFS:
+            return f"{where}cannot write ({reason}); make the folder writable or choose another --out"
+        return (f"{where}cannot open ({reason}); make it readable if it is an input, or writable or "
+                "another --out if it is an output")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `kovocab` with `argv` (default: sys.argv[1:]) and return the exit code."""
     parser = build_parser()
@@ -696,6 +728,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KovocabError as exc:
         print(f"kovocab: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        message = _os_error_message(exc, args)
+        if message is None:  # not the disk or its permissions: a bug, keep the traceback
+            raise
+        print(f"kovocab: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("kovocab: interrupted", file=sys.stderr)

@@ -100,7 +100,7 @@ class ShardWriter:
         # Dictionary encoding only pays for `source`; trying it on unique texts and ids
         # only to fall back costs a tenth of the writing time.
         self.pq = pq.ParquetWriter(pq_file, parquet_schema(), compression="zstd", use_dictionary=["source"])
-        stack.callback(self.close)
+        stack.push(self._exit)
         self.chunks: list[tuple[Any, Any, Any]] = []  # (ids, sources, texts) Arrow arrays
         self.rows = 0
         self.chars = 0
@@ -172,10 +172,31 @@ class ShardWriter:
         self.chunks, self.rows, self.chars = [], 0, 0
 
     def close(self) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        self.closed = True
+        try:
             self.flush()
             self.pq.close()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _exit(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        """Close on success; on an error (a full disk) abandon the shard without writing more,
+        so the first error is the one reported and no `write to closed file` follows it."""
+        if exc_type is None:
+            self.close()
+        elif not self.closed:
             self.closed = True
+            self._abandon()
+        return False
+
+    def _abandon(self) -> None:
+        try:
+            self.pq.close()
+        except (OSError, ValueError):
+            self.pq.is_open = False  # else its __del__ tries again and prints the same error
 
 
 def merged_batches(paths: list[Path], columns: list[str] | None = None) -> Iterator[Any]:
