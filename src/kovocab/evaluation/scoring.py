@@ -88,7 +88,11 @@ def load_scorer(
     from transformers.utils import logging as hf_logging
 
     from kovocab.embeddings import check_config_vocab
+    from kovocab.safetensors_io import safetensors_problems
 
+    damaged = safetensors_problems(model_dir, what)  # safetensors would stop with a SafetensorError
+    if damaged:
+        raise InputError("\n  ".join(damaged))
     check_config_vocab(model_dir, what)  # transformers would stop with a size-mismatch traceback
     bars = hf_logging.is_progress_bar_enabled()
     if not show_progress(None):  # transformers draws its loading bar even into a log file
