@@ -722,7 +722,7 @@ def render_md(doc: dict[str, Any]) -> str:
         note = f" ({st['error'].splitlines()[0][:120]})" if st.get("error") else ""
         lines.append(f"| {st['name']} | {st['status']}{note} | {st.get('seconds', 0):.1f} "
                      f"| {st['budget_s']:.0f} |")
-    peak = f"{s['peak_flops'] / 1e12:.0f} TFLOP/s, {s['peak_flops_source']}" if s["peak_flops"] else "none"
+    peak = f"{s['peak_flops'] / 1e12:.3g} TFLOP/s, {s['peak_flops_source']}" if s["peak_flops"] else "none"
     lines += ["", f"MFU (6·N + attention FLOPs per token; peak {peak}; goal {MFU_GOAL:.0%}):", "",
               "| gradient checkpointing | tokens/s | MFU | peak GPU memory GiB |", "|---|---:|---:|---:|",
               f"| on | {f(s['tokens_per_s_ckpt_on'], ',.0f')} | {f(s['mfu_ckpt_on'], '.1%')} | "
