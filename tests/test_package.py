@@ -85,7 +85,7 @@ def test_every_command_refuses_unknown_sections(tmp_path: Path, capsys) -> None:
         assert f"(sections for this command: {section})" in err, command
     assert main(["run", str(recipe), "--set", "shards=8"]) == 1
     assert "kovocab: error: --set 'shards=8': expected SECTION.KEY=VALUE" in capsys.readouterr().err
-    assert main(["run", str(recipe)]) == 1
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 1
     assert "sharding: not a section of a run recipe; did you mean 'shard'?" in capsys.readouterr().err
 
 
