@@ -1,10 +1,12 @@
 """Size sweep: how many Korean pieces to append to Llama-2's 32,000 (bench/README.md "Size sweep").
 
-    .venv/bin/python bench/sweep_bench.py [--corpus runs/corpus] [--out runs/bench-sweep]
+    .venv/bin/python bench/sweep_bench.py [--corpus runs/corpus-mix] [--out runs/bench-sweep]
 
-1. Shards the default corpus recipe (corpora/nsmc_novels.yaml) if --corpus does not exist.
-2. expand_vocab(sweep=SIZES): one Korean model (trained for the largest size), cut at
-   each size; held-out Korean tokens/sentence and chars/token per size (the eval split).
+1. Shards the default corpus recipe (corpora/korean_mix.yaml) if --corpus does not exist.
+2. expand_vocab(sweep=SIZES) with the default tokenizer recipe's source_weights and
+   max_sentences (tokenizers/llama2_ko_46k.yaml): one Korean model (trained for the largest
+   size), cut at each size; held-out Korean tokens/sentence and chars/token per size (the
+   eval split).
 3. The same figures on the bench's KLUE + KoBEST Korean text (never trained on).
 4. For each size, a direct expansion (its own, smaller Korean model, as expand-vocab
    without --sweep trains it): how many held-out sentences get the same ids as the cut.
@@ -28,7 +30,11 @@ SIZES = (4096, 8192, 14336, 23296, 32768)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", type=Path, default=ROOT / "runs" / "corpus")
+    ap.add_argument("--corpus", type=Path, default=ROOT / "runs" / "corpus-mix")
+    ap.add_argument("--corpus-recipe", type=Path, default=ROOT / "corpora" / "korean_mix.yaml",
+                    help="corpus recipe to shard into --corpus when it does not exist")
+    ap.add_argument("--recipe", type=Path, default=ROOT / "tokenizers" / "llama2_ko_46k.yaml",
+                    help="tokenizer recipe whose expand_vocab source_weights and max_sentences are used")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-sweep")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--no-direct", action="store_true", help="skip the direct expansions (step 4)")
@@ -36,15 +42,18 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     if not args.corpus.exists():
         subprocess.run([sys.executable, "-m", "kovocab", "shard", "--recipe",
-                        str(ROOT / "corpora" / "nsmc_novels.yaml"), "--out", str(args.corpus)], check=True)
+                        str(args.corpus_recipe), "--out", str(args.corpus)], check=True)
     import sentencepiece as spm
 
     from kovocab import expand_vocab
-    from kovocab.expansion import _held_out_texts
+    from kovocab.config import load_section, read_recipe
+    from kovocab.expansion import ExpandVocabConfig, _held_out_texts
 
+    recipe = load_section(ExpandVocabConfig, read_recipe(args.recipe), "expand_vocab")
+    same_data = {"source_weights": recipe.source_weights, "max_sentences": recipe.max_sentences}
     start = time.perf_counter()
     res = expand_vocab(LLAMA2, [args.corpus], args.out / "sweep", target_vocab_size=32000 + max(sizes),
-                       sweep=sizes)
+                       sweep=sizes, **same_data)
     seconds = time.perf_counter() - start
     bench_text = korean_eval_texts()
     held_out = _held_out_texts((args.corpus,), None)
@@ -56,7 +65,7 @@ def main() -> int:
         out = {**row, "bench_chars_per_token": chars / n, "bench_tokens_per_sentence": n / len(bench_text)}
         if not args.no_direct:
             direct = expand_vocab(LLAMA2, [args.corpus], args.out / f"direct-{row['new_pieces']}",
-                                  target_vocab_size=row["vocab_size"], report=False)
+                                  target_vocab_size=row["vocab_size"], report=False, **same_data)
             dsp = spm.SentencePieceProcessor(model_file=str(direct.merge.tokenizer_model))
             same = sum(a == b for a, b in zip(sp.encode(held_out), dsp.encode(held_out), strict=True))
             dn = sum(len(x) for x in dsp.encode(held_out))
