@@ -138,8 +138,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from kovocab.expansion import expand_vocab, korean_vocab_size_for
-    from kovocab.tokenizer_training import iter_corpus_texts, sample_sentences
+    from kovocab.tokenizer.expand import expand_vocab, korean_vocab_size_for
+    from kovocab.tokenizer.train import iter_corpus_texts, sample_sentences
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

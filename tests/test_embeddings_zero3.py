@@ -31,8 +31,8 @@ def worker(rank: int, port: int, out: Path, data: Path) -> None:
 
     # DeepSpeed would JIT-compile its shared-memory allreduce (~80 s, into ~/.cache); gloo needs none.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    from kovocab.embedding_init import _gathered
-    from kovocab.embeddings import resize_model_embeddings
+    from kovocab.model.resize import resize_model_embeddings
+    from kovocab.model.row_init import _gathered
 
     ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
     keep = HfDeepSpeedConfig(ds)  # noqa: F841 - transformers sees ZeRO-3 while this lives

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from kovocab.cli import main
-from kovocab.embeddings import resize_embeddings
 from kovocab.errors import ConfigError, InputError
 from kovocab.evaluation import EvalConfig, evaluate, kobest
 from kovocab.evaluation.loglikelihood import continuation_logprobs
 from kovocab.evaluation.scoring import load_scorer
+from kovocab.model.resize import resize_embeddings
 
 KOBEST = DATA / "kobest"
 ENGLISH_DOCS = [

@@ -188,7 +188,7 @@ def _stage_config(args: argparse.Namespace, cls: type, section: str, **flags: An
 
 
 def _add_train_tokenizer(sub: Any) -> None:
-    from kovocab.tokenizer_training import TokenizerTrainingConfig
+    from kovocab.tokenizer.train import TokenizerTrainingConfig
 
     p = _parser(
         sub, "train-tokenizer",
@@ -204,7 +204,7 @@ def _add_train_tokenizer(sub: Any) -> None:
 
 
 def _run_train_tokenizer(args: argparse.Namespace) -> int:
-    from kovocab.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+    from kovocab.tokenizer.train import TokenizerTrainingConfig, train_tokenizer
 
     cfg = _stage_config(
         args, TokenizerTrainingConfig, "tokenizer_training",
@@ -216,7 +216,7 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _add_merge_vocab(sub: Any) -> None:
-    from kovocab.vocab_merge import MergeVocabConfig
+    from kovocab.tokenizer.merge import MergeVocabConfig
 
     p = _parser(
         sub, "merge-vocab",
@@ -232,7 +232,7 @@ def _add_merge_vocab(sub: Any) -> None:
 
 
 def _run_merge_vocab(args: argparse.Namespace) -> int:
-    from kovocab.vocab_merge import MergeVocabConfig, merge_vocab
+    from kovocab.tokenizer.merge import MergeVocabConfig, merge_vocab
 
     cfg = _stage_config(
         args, MergeVocabConfig, "vocab_merge", base=args.base, korean_model=args.korean_model,
@@ -247,7 +247,7 @@ def _run_merge_vocab(args: argparse.Namespace) -> int:
 
 
 def _add_expand_vocab(sub: Any) -> None:
-    from kovocab.expansion import ExpandVocabConfig
+    from kovocab.tokenizer.expand import ExpandVocabConfig
 
     p = _parser(
         sub, "expand-vocab",
@@ -277,7 +277,7 @@ def _int_list(value: str) -> tuple[int, ...]:
 
 
 def _run_expand_vocab(args: argparse.Namespace) -> int:
-    from kovocab.expansion import ExpandVocabConfig, expand_vocab_from_config
+    from kovocab.tokenizer.expand import ExpandVocabConfig, expand_vocab_from_config
 
     cfg = _stage_config(
         args, ExpandVocabConfig, "expand_vocab", corpus=tuple(args.corpus), base=args.base,
@@ -312,7 +312,7 @@ _TOKENIZER_COMMANDS = [_add_train_tokenizer, _add_merge_vocab, _add_expand_vocab
 
 
 def _add_init_model(sub: Any) -> None:
-    from kovocab.model_init import InitModelConfig
+    from kovocab.model.tiny import InitModelConfig
 
     p = _parser(
         sub, "init-model",
@@ -331,7 +331,7 @@ def _add_init_model(sub: Any) -> None:
 
 
 def _run_init_model(args: argparse.Namespace) -> int:
-    from kovocab.model_init import InitModelConfig, init_model
+    from kovocab.model.tiny import InitModelConfig, init_model
 
     cfg = _stage_config(args, InitModelConfig, "init_model", tokenizer=args.tokenizer, out_dir=args.out)
     res = init_model(cfg)
@@ -343,7 +343,7 @@ def _run_init_model(args: argparse.Namespace) -> int:
 
 
 def _add_resize_embeddings(sub: Any) -> None:
-    from kovocab.embeddings import ResizeConfig
+    from kovocab.model.resize import ResizeConfig
 
     p = _parser(
         sub, "resize-embeddings",
@@ -367,7 +367,7 @@ def _add_resize_embeddings(sub: Any) -> None:
 
 
 def _run_resize_embeddings(args: argparse.Namespace) -> int:
-    from kovocab.embeddings import ResizeConfig, resize_embeddings_from_config
+    from kovocab.model.resize import ResizeConfig, resize_embeddings_from_config
 
     cfg = _stage_config(
         args, ResizeConfig, "resize_embeddings", model_dir=args.model, tokenizer=args.tokenizer,
@@ -387,7 +387,7 @@ def _run_resize_embeddings(args: argparse.Namespace) -> int:
 
 
 def _add_bpb(sub: Any) -> None:
-    from kovocab.bpb import BpbConfig
+    from kovocab.evaluation.bpb import BpbConfig
 
     p = _parser(
         sub, "bpb",
@@ -414,7 +414,7 @@ def _add_bpb(sub: Any) -> None:
 
 
 def _run_bpb(args: argparse.Namespace) -> int:
-    from kovocab.bpb import BpbConfig, compare_bits_per_byte
+    from kovocab.evaluation.bpb import BpbConfig, compare_bits_per_byte
 
     cfg = _stage_config(
         args, BpbConfig, "bpb", models=tuple(args.model), tokenizers=tuple(args.tokenizer),
@@ -441,7 +441,7 @@ _EMBEDDING_COMMANDS = [_add_init_model, _add_resize_embeddings, _add_bpb]
 
 
 def _add_report(sub: Any) -> None:
-    from kovocab.report import ReportConfig
+    from kovocab.report.measure import ReportConfig
 
     p = _parser(
         sub, "report",
@@ -468,8 +468,8 @@ def _add_report(sub: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from kovocab.report import ReportConfig, config_from_flags, run_report
-    from kovocab.report_html import render_summary
+    from kovocab.report.html import render_summary
+    from kovocab.report.measure import ReportConfig, config_from_flags, run_report
 
     cfg = _stage_config(
         args, ReportConfig, "report", tokenizers=config_from_flags(args.tokenizer, "tokenizer"),
@@ -581,7 +581,7 @@ def _add_eval(sub: Any) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from kovocab.evaluation import EvalConfig, evaluate
-    from kovocab.report import config_from_flags
+    from kovocab.report.measure import config_from_flags
 
     def split(value: str | None) -> list[str] | None:  # a list, so that [] ("none") is not skipped
         if value is None:

@@ -179,7 +179,7 @@ def _plan(
     stages: Sequence[str] | None, force: bool | None,
 ) -> tuple[RunConfig, Path, list[tuple[_Stage, Any]]]:
     from kovocab.config import apply_overrides, read_recipe
-    from kovocab.run_stages import STAGE_TABLE
+    from kovocab.stages import STAGE_TABLE
 
     data = read_recipe(recipe) if not isinstance(recipe, Mapping) else dict(recipe)
     data = apply_overrides(data, overrides)

@@ -35,7 +35,7 @@ from kovocab.artifacts import (
 )
 from kovocab.config import opt
 from kovocab.errors import InputError, MissingDependencyError
-from kovocab.source_weights import WEIGHTS_DOC, SourceWeight, WeightedCorpus
+from kovocab.tokenizer.weights import WEIGHTS_DOC, SourceWeight, WeightedCorpus
 
 log = logging.getLogger(__name__)
 

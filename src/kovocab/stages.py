@@ -11,17 +11,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kovocab import embeddings, evaluation, expansion, model_init, report
+from kovocab import evaluation
 from kovocab.corpus.options import OUTPUTS as shard_outputs
 from kovocab.corpus.options import ShardConfig
-from kovocab.embeddings import ResizeConfig
 from kovocab.evaluation import EvalConfig
-from kovocab.expansion import ExpandVocabConfig
-from kovocab.model_init import InitModelConfig
+from kovocab.model import resize, tiny
+from kovocab.model.resize import ResizeConfig
+from kovocab.model.tiny import InitModelConfig
 from kovocab.pretraining.config import PretrainConfig
 from kovocab.pretraining.config import outputs as pretrain_outputs
-from kovocab.report import ReportConfig
+from kovocab.report import measure
+from kovocab.report.measure import ReportConfig
 from kovocab.run import RunConfig, _Stage
+from kovocab.tokenizer import expand
+from kovocab.tokenizer.expand import ExpandVocabConfig
 
 
 def _get(outputs: dict[str, Any], stage: str, key: str) -> Any:
@@ -99,11 +102,11 @@ def _weights(weights: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 EXPAND_VOCAB = _Stage(
-    name="expand_vocab", cls=ExpandVocabConfig, owned=lambda cfg: expansion.OUTPUTS,
+    name="expand_vocab", cls=ExpandVocabConfig, owned=lambda cfg: expand.OUTPUTS,
     # report=False: the run's own report stage measures base vs expanded on the same held-out split.
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
                                         out_dir=str(run_dir / "tokenizer"), report=False),
-    call=_calling("kovocab.expansion", "expand_vocab_from_config"),
+    call=_calling("kovocab.tokenizer.expand", "expand_vocab_from_config"),
     done_file=lambda cfg: Path(cfg.out_dir) / "tokenizer" / "manifest.json",
     outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base,
                          "sweep": Path(cfg.out_dir) / "sweep" / "sweep.json" if cfg.sweep else None,
@@ -117,10 +120,10 @@ EXPAND_VOCAB = _Stage(
 
 
 INIT_MODEL = _Stage(
-    name="init_model", cls=InitModelConfig, owned=lambda cfg: model_init.OUTPUTS,
+    name="init_model", cls=InitModelConfig, owned=lambda cfg: tiny.OUTPUTS,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
-    call=_calling("kovocab.model_init", "init_model"),
+    call=_calling("kovocab.model.tiny", "init_model"),
     outputs=lambda cfg: {"model": cfg.out_dir},
     summary=lambda res: {"parameters": res.parameters, "vocab_size": res.vocab_size},
 )
@@ -130,11 +133,11 @@ INIT_MODEL = _Stage(
 
 
 RESIZE = _Stage(
-    name="resize_embeddings", cls=ResizeConfig, owned=lambda cfg: embeddings.OUTPUTS,
+    name="resize_embeddings", cls=ResizeConfig, owned=lambda cfg: resize.OUTPUTS,
     wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
-    call=_calling("kovocab.embeddings", "resize_embeddings_from_config"),
+    call=_calling("kovocab.model.resize", "resize_embeddings_from_config"),
     outputs=lambda cfg: {"model": cfg.out_dir},
     summary=lambda res: dict(res.stats),
 )
@@ -184,8 +187,8 @@ def _report_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 REPORT = _Stage(
-    name="report", cls=ReportConfig, wire=_report_wire, call=_calling("kovocab.report", "run_report"),
-    owned=lambda cfg: report.OUTPUTS,
+    name="report", cls=ReportConfig, wire=_report_wire, call=_calling("kovocab.report.measure", "run_report"),
+    owned=lambda cfg: measure.OUTPUTS,
     done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
     outputs=lambda cfg: {"report": Path(cfg.out_dir) / "report.md"},
 )
