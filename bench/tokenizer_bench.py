@@ -138,8 +138,9 @@ def main() -> int:
     )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    from kovocab.corpus.texts import iter_corpus_texts
     from kovocab.tokenizer.expand import expand_vocab, korean_vocab_size_for
-    from kovocab.tokenizer.train import iter_corpus_texts, sample_sentences
+    from kovocab.tokenizer.train import sample_sentences
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ class BpbResult:
 
 def read_documents(paths: Sequence[Path], limit: int, what: str = "bpb.texts") -> list[str]:
     """Up to `limit` non-empty documents, in order; shard folders give their eval split."""
-    from kovocab.tokenizer.train import iter_corpus_texts
+    from kovocab.corpus.texts import iter_corpus_texts
 
     out = []
     for doc in iter_corpus_texts(paths, split="eval", what=what):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from kovocab.artifacts import Owned, claims_output, exact
 from kovocab.config import opt
+from kovocab.corpus.texts import iter_corpus_texts
 from kovocab.tokenizer.export import load_proto
 from kovocab.tokenizer.merge import (
     MergeResult,
@@ -31,7 +32,6 @@ from kovocab.tokenizer.merge import (
 from kovocab.tokenizer.train import (
     TokenizerTrainingConfig,
     TrainResult,
-    iter_corpus_texts,
     train_tokenizer,
 )
 from kovocab.tokenizer.weights import WEIGHTS_DOC, SourceWeight
