@@ -358,3 +358,39 @@ def test_resize_replaces_its_own_earlier_output_and_refuses_foreign_weights(tmp_
         resize_embeddings(single, tok, theirs, base_tokenizer=LLAMA2_MODEL)
     assert sorted(p.name for p in theirs.iterdir()) == sorted([shard.name, "notes.md"])
     assert (theirs / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_truncated_safetensors_is_named_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 12.6: SafetensorError tracebacks in resize, eval and bpb, and in `expand-vocab --model`
+    # only after the whole tokenizer had been trained.
+    single = tiny_llama(tmp_path / "single", shard="100MB")
+    sharded = tiny_llama(tmp_path / "sharded")
+    for folder in (single, sharded):
+        (folder / "tokenizer.model").write_bytes(LLAMA2_MODEL.read_bytes())
+    damaged = sharded / open_checkpoint(sharded).weight_map[EMBED]
+    size = damaged.stat().st_size
+    os.truncate(damaged, size - 100)
+    os.truncate(single / "model.safetensors", 40)  # inside the header
+    constitution = DATA / "konlpy_corpus" / "kolaw" / "constitution.txt"
+    capsys.readouterr()  # save_pretrained's bars
+    resize = ["resize-embeddings", "--model", str(sharded), "--tokenizer", str(CHINESE)]
+    expand = ["expand-vocab", str(constitution), "--base", str(LLAMA2_MODEL), "--target-vocab-size", "33024"]
+    cases = [
+        ([*resize, "--out", str(tmp_path / "r")],
+         f"resize_embeddings.model_dir: {damaged} is truncated: its header describes {size:,} bytes, "
+         f"the file has {size - 100:,}; download or copy it again"),
+        (["bpb", "--model", str(sharded), "--text", str(constitution)],
+         f"bpb.models: {damaged} is truncated"),
+        (["eval", "--model", str(single), "--text", f"law={constitution}", "--tasks", "none", "--out",
+          str(tmp_path / "e")], f"eval.models: {single / 'model.safetensors'}: not a readable safetensors"),
+        ([*expand, "--out", str(tmp_path / "x"), "--model", str(sharded)],
+         f"expand_vocab.model: {damaged} is truncated"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "-q"]) == 1, argv[0]
+        err = capsys.readouterr().err
+        assert err.startswith("kovocab: error: ") and message in err, (argv[0], err)
+    for out in ("r", "e", "x"):  # refused before anything was written (expand-vocab: before training)
+        assert not (tmp_path / out).exists(), out

@@ -227,9 +227,9 @@ def test_cli_end_to_end(base: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert set(figures["kobest"]) == {"copa", "wic"} and set(figures["kobest"]["copa"]) == {"0", "2"}
     assert figures["kobest"]["wic"]["2"]["base"]["n"] == 3 and figures["settings"]["kobest_split"] == "dev"
     assert figures["bpb"]["ko"]["base"]["documents"] == 2
-    assert "copa 2-shot macro_f1" in capsys.readouterr().out
+    assert "copa 2-shot f1" in capsys.readouterr().out
     md = (out / "eval.md").read_text()
-    assert "## KoBEST (macro-F1)" in md and "| model | 0-shot | 2-shot |" in md
+    assert "## KoBEST (f1, macro-averaged)" in md and "| model | 0-shot | 2-shot |" in md
 
 
 @pytest.mark.parametrize(
@@ -281,3 +281,44 @@ def test_config_vocab_size_disagreeing_with_the_weights_is_a_clear_error(tmp_pat
     with pytest.raises(InputError, match=r"eval\.models: .*config\.json says vocab_size 32064 but "
                                          r"model\.embed_tokens\.weight in the weights has 32000 rows"):
         load_scorer(folder, folder, device="cpu", what="eval.models")
+
+
+def test_metrics_have_the_harness_names_and_acc_norm_only_for_hellaswag() -> None:
+    for task, norm in [("hellaswag", True), ("copa", False), ("boolq", False)]:
+        docs = kobest.load_docs(KOBEST, task, "test")[:40]
+        rnd = random.Random(0)
+        lls = [[-rnd.random() * 10 for _ in d.choices] for d in docs]
+        m = kobest.task_metrics(docs, lls, task)
+        assert "macro_f1" not in m and m["f1"] == kobest.macro_f1([d.gold for d in docs],
+                                                                   [max(range(len(x)), key=x.__getitem__)
+                                                                    for x in lls])
+        assert set(m) == {"acc", "acc_stderr", "f1", "n", *(("acc_norm", "acc_norm_stderr") if norm else ())}
+        if norm:  # the harness's mean stderr: sqrt(p (1 - p) / (n - 1))
+            p = m["acc_norm"]
+            assert m["acc_norm_stderr"] == pytest.approx((p * (1 - p) / (len(docs) - 1)) ** 0.5)
+
+
+def test_bos_follows_the_model_hugging_face_tokenizer(base: Path, tmp_path: Path) -> None:
+    from kovocab.tokenizer.export import load_proto, write_hf_tokenizer
+
+    folder = tmp_path / "m"
+    shutil.copytree(base, folder)
+    assert load_scorer(folder, folder, device="cpu").add_bos  # tokenizer.model alone: Llama's default
+    write_hf_tokenizer(load_proto(LLAMA2_MODEL), folder, 1024)
+    assert load_scorer(folder, folder, device="cpu").add_bos
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    tok["post_processor"] = None  # a tokenizer that adds no BOS
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    scorer = load_scorer(folder, folder, device="cpu")
+    assert not scorer.add_bos and scorer.encode("가") == scorer.sp.encode("가")
+    assert load_scorer(folder, folder, device="cpu", add_bos=True).add_bos  # set explicitly: it wins
+    assert EvalConfig.__dataclass_fields__["add_bos"].default is None
+
+
+def test_notes_say_where_we_differ_from_the_harness() -> None:
+    from kovocab.evaluation.tables import HARNESS_NOTES
+
+    notes = " ".join(HARNESS_NOTES.split())
+    assert "the harness takes log_softmax of the logits in the model's dtype" in notes
+    assert "kovocab computes them in float32" in notes
+    assert "acc_norm with acc_norm_stderr for HellaSwag only" in notes and "f1 (macro-averaged" in notes

@@ -116,3 +116,33 @@ def test_tied_embeddings_and_missing_inputs_are_refused_before_launch(tmp_path: 
         check_paths(cfg)
     assert "tie_word_embeddings: true" in str(err.value)
     assert f"pretrain.train_data: path not found: {tmp_path / 'nope'}" in str(err.value)
+
+
+def test_deepspeed_json_conflicts_stop_the_launcher_before_any_rank_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 12.6: a conflict surfaced only in the ranks, once per rank, under torchrun's
+    # ChildFailedError traceback, after the token store had been built.
+    from conftest import LLAMA2_MODEL
+
+    from kovocab.cli import main
+    from kovocab.tokenizer.export import load_proto, write_hf_tokenizer
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": False}))
+    write_hf_tokenizer(load_proto(LLAMA2_MODEL), model)  # so the token store could be built
+    (tmp_path / "ko.txt").write_text("안녕하세요, 오늘은 날씨가 좋네요.\n", encoding="utf-8")
+    ds = json.loads((ROOT / "pretrain" / "zero3_cpu.json").read_text())
+    ds["train_micro_batch_size_per_gpu"] = 8
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("pretrain:\n  model_dir: model\n  train_data: [ko.txt]\n  out_dir: out\n"
+                      "  deepspeed_config: ds.json\n  micro_batch_size: 4\n"
+                      "  stages: [{name: a, steps: 2, lr: 1.0e-3}]\n", encoding="utf-8")
+    assert main(["pretrain", "--config", str(recipe), "--nproc-per-node", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"kovocab: error: {tmp_path / 'ds.json'}: train_micro_batch_size_per_gpu is 8 but "
+                          "the recipe gives 4")
+    assert err.count("train_micro_batch_size_per_gpu") == 1
+    assert not (tmp_path / "out").exists()  # no token store, no launch.yaml: nothing started

@@ -71,7 +71,16 @@ def metrics(out: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def full_run(setup: dict[str, Any]) -> Path:
     out = setup["root"] / "a"
-    assert main(argv(setup, out)) == 0
+    # The ranks inherit file descriptor 2: keep what they log, as a cluster's log file would.
+    with open(setup["root"] / "a.log", "w") as log_file:
+        saved = os.dup(2)
+        os.dup2(log_file.fileno(), 2)
+        try:
+            rc = main(argv(setup, out, "pretrain.log_every=2"))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    assert rc == 0, (setup["root"] / "a.log").read_text()[-3000:]
     return out
 
 
@@ -116,6 +125,34 @@ def test_stage_one_moves_only_new_rows(full_run: Path, setup: dict[str, Any]) ->
     body = [n for n in before if "embed_tokens" not in n and "lm_head" not in n]
     assert all(torch_equal(s1[n], before[n]) for n in body)
     assert not all(torch_equal(s2[n], before[n]) for n in body)
+
+
+@pytest.mark.slow
+def test_rank_zero_logs_a_progress_line_every_log_every_steps(full_run: Path) -> None:
+    from kovocab.pretraining.metrics import parse_progress_line
+
+    text = (full_run.parent / "a.log").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if parse_progress_line(line)]
+    parsed = [parse_progress_line(line) for line in lines]
+    # log_every 2, plus the checkpoints (every 3, and the last step) and the stage ends (4, 8);
+    # once per step, from rank 0 only, through logging.
+    assert [p["step"] for p in parsed if p] == [2, 3, 4, 6, 8], lines
+    assert all(" kovocab.pretraining.loop: step " in line for line in lines)
+    events = {p["step"]: p["events"] for p in parsed if p}
+    assert events == {2: [], 3: ["checkpoint step-00000003"], 4: ["end of stage s1"],
+                      6: ["checkpoint step-00000006"], 8: ["checkpoint step-00000008", "end of stage s2"]}
+    rows = {r["step"]: r for r in metrics(full_run)}
+    for p in parsed:
+        assert p is not None
+        row = rows[p["step"]]
+        assert p["total_steps"] == TOTAL and p["stage"] == row["stage"]
+        assert p["loss"] == pytest.approx(row["loss"], abs=1e-4)
+        assert p["lr"] == pytest.approx(row["lr"], rel=1e-2)
+        assert p["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-3)
+        assert p["tokens_per_s"] > 0 and p["eta_s"] >= 0
+        assert "mfu" not in p  # peak_flops is null on CPU
+        assert ("bpb_ko" in p) == ("bpb_ko" in row)
+    assert parsed[-1] is not None and parsed[-1]["eta_s"] == 0
 
 
 def torch_equal(a: Any, b: Any) -> bool:

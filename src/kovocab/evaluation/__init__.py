@@ -133,10 +133,12 @@ def _run(cfg: EvalConfig, progress: bool | None) -> EvalResult:
     from kovocab.evaluation.bpb import read_documents
     from kovocab.evaluation.scoring import load_scorer
     from kovocab.evaluation.tables import HARNESS_NOTES, render_markdown
+    from kovocab.model.safetensors_io import safetensors_problems
 
     start = time.perf_counter()
     problems = [f"eval.{p}" for p in cfg.check()]  # a config built in code skipped `build`
     problems += [f"eval.models: folder not found: {m}" for m in cfg.models if not Path(m).is_dir()]
+    problems += [p for m in cfg.models if Path(m).is_dir() for p in safetensors_problems(m, "eval.models")]
     if cfg.tasks and cfg.kobest_dir is not None and not Path(cfg.kobest_dir).is_dir():
         problems.append(f"eval.kobest_dir: folder not found: {cfg.kobest_dir} (the KoBEST TSVs, "
                         "e.g. ../shared/data/kobest)")

@@ -92,6 +92,12 @@ def read_documents(paths: Sequence[Path], limit: int, what: str = "bpb.texts") -
 
 def compare_bits_per_byte(cfg: BpbConfig) -> list[BpbResult]:
     """Score the same documents under every (model, tokenizer) pair of `cfg`."""
+    from kovocab.model.safetensors_io import safetensors_problems
+
+    # Every model is checked before the first is scored: a truncated download stops now.
+    damaged = [p for m in cfg.models if Path(m).is_dir() for p in safetensors_problems(m, "bpb.models")]
+    if damaged:
+        raise InputError("\n  ".join(damaged))
     docs = read_documents(cfg.texts, cfg.max_documents)
     tokenizers = cfg.tokenizers + cfg.models[len(cfg.tokenizers) :]  # a model folder holds its own
     results = [

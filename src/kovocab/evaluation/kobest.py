@@ -21,6 +21,7 @@ FOLDERS = {"boolq": "BoolQ", "copa": "COPA", "hellaswag": "HellaSwag", "sentineg
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
 FEWSHOT_SEED = 1234  # lm_eval's --fewshot_seed default
+ACC_NORM_TASKS = frozenset({"hellaswag"})  # the only kobest_*.yaml listing acc_norm
 
 
 @dataclass(frozen=True)
@@ -161,22 +162,33 @@ def macro_f1(golds: Sequence[int], preds: Sequence[int]) -> float:
     return sum(scores) / len(scores)
 
 
-def task_metrics(docs: Sequence[Doc], lls: Sequence[Sequence[float]]) -> dict[str, Any]:
-    """acc, acc_norm (log-likelihood per character of the choice), macro-F1 and acc's stderr."""
-    import math
+def task_metrics(docs: Sequence[Doc], lls: Sequence[Sequence[float]], task: str) -> dict[str, Any]:
+    """The metrics of lm_eval/tasks/kobest/kobest_{task}.yaml under the harness's names.
 
+    acc with its stderr and `f1` (the yaml's f1 with aggregation utils.macro_f1_score,
+    average: macro); HellaSwag alone also has acc_norm (log-likelihood per character of
+    the choice) and its stderr. The harness gives f1 no stderr (a custom aggregation).
+    """
     golds = [d.gold for d in docs]
     preds = [_argmax(ll) for ll in lls]
-    # acc_norm divides by the choice's length in characters, as the harness does
-    norm = [_argmax([x / len(c) for x, c in zip(ll, d.choices, strict=True)])
-            for ll, d in zip(lls, docs, strict=True)]
-    n = len(docs)
-    acc = sum(p == g for p, g in zip(preds, golds, strict=True)) / n
+    out: dict[str, Any] = {**_mean_and_stderr("acc", [p == g for p, g in zip(preds, golds, strict=True)]),
+                           "f1": macro_f1(golds, preds), "n": len(docs)}
+    if task in ACC_NORM_TASKS:
+        # acc_norm divides by the choice's length in characters, as the harness does
+        norm = [_argmax([x / len(c) for x, c in zip(ll, d.choices, strict=True)])
+                for ll, d in zip(lls, docs, strict=True)]
+        out.update(_mean_and_stderr("acc_norm", [p == g for p, g in zip(norm, golds, strict=True)]))
+    return out
+
+
+def _mean_and_stderr(name: str, hits: Sequence[bool]) -> dict[str, float | None]:
+    import math
+
+    n = len(hits)
+    mean = sum(hits) / n
     # the harness's mean_stderr: sample standard deviation (n - 1) over sqrt(n)
-    stderr = math.sqrt(acc * (1 - acc) * n / (n - 1) / n) if n > 1 else None  # JSON has no NaN
-    return {"acc": acc, "acc_stderr": stderr,
-            "acc_norm": sum(p == g for p, g in zip(norm, golds, strict=True)) / n,
-            "macro_f1": macro_f1(golds, preds), "n": n}
+    stderr = math.sqrt(mean * (1 - mean) * n / (n - 1) / n) if n > 1 else None  # JSON has no NaN
+    return {name: mean, f"{name}_stderr": stderr}
 
 
 def _argmax(values: Sequence[float]) -> int:

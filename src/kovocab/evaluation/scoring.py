@@ -64,10 +64,14 @@ def load_scorer(
     dtype: str = "float32",
     device: str = "auto",
     max_length: int | None = None,
-    add_bos: bool = True,
+    add_bos: bool | None = None,
     what: str = "models",
 ) -> Scorer:
-    """Load a causal LM for scoring; `what` names the config key in error messages."""
+    """Load a causal LM for scoring; `what` names the config key in error messages.
+
+    `add_bos` None follows the model's Hugging Face tokenizer (see `hf_adds_bos`), as the
+    harness's HFLM does when its add_bos_token is not set.
+    """
     import sentencepiece as spm
     import torch
     from transformers import AutoModelForCausalLM
@@ -76,13 +80,19 @@ def load_scorer(
         raise InputError(f"{what}: model folder not found: {model_dir}")
     tok_path = find_sentencepiece_model(tokenizer, what.replace("models", "tokenizers"))
     sp = spm.SentencePieceProcessor(model_file=str(tok_path))
+    if add_bos is None:
+        add_bos = hf_adds_bos(Path(model_dir), Path(tokenizer))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
     from transformers.utils import logging as hf_logging
 
     from kovocab.model.resize import check_config_vocab
+    from kovocab.model.safetensors_io import safetensors_problems
 
+    damaged = safetensors_problems(model_dir, what)  # safetensors would stop with a SafetensorError
+    if damaged:
+        raise InputError("\n  ".join(damaged))
     check_config_vocab(model_dir, what)  # transformers would stop with a size-mismatch traceback
     bars = hf_logging.is_progress_bar_enabled()
     if not show_progress(None):  # transformers draws its loading bar even into a log file
@@ -108,6 +118,30 @@ def load_scorer(
                          "Llama-style models whose logits are the LM head's output")
     window = max_length or int(getattr(model.config, "max_position_embeddings", 2048))
     return Scorer(model, sp, Path(model_dir), tok_path, device, window, add_bos)
+
+
+def hf_adds_bos(model_dir: Path, tokenizer: Path) -> bool:
+    """Whether the model's Hugging Face tokenizer puts BOS first when it encodes a prompt.
+
+    The tokenizer's folder is asked first, then the model's; a folder with only a
+    tokenizer.model (no HF tokenizer files) means Llama's default, BOS.
+    """
+    from transformers import AutoTokenizer
+
+    for folder in dict.fromkeys([tokenizer if tokenizer.is_dir() else tokenizer.parent, model_dir]):
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            continue
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: cannot load its Hugging Face tokenizer (%s); trying the next one", folder, exc)
+            continue
+        ids = tok("가").input_ids
+        adds = tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+        log.info("%s: its Hugging Face tokenizer %s BOS; scoring does the same (set add_bos to override)",
+                 folder, "adds" if adds else "adds no")
+        return adds
+    return True
 
 
 def show_progress(progress: bool | None) -> bool:

@@ -13,9 +13,11 @@ HARNESS_NOTES = """\
 How these numbers relate to lm-evaluation-harness (`lm_eval --tasks kobest_*`):
 
 - Same prompts, choices, target and few-shot delimiters (" " and a blank line), and the same
-  metrics (acc, acc_norm, macro-F1 as sklearn's f1_score average="macro") as
-  lm_eval/tasks/kobest/*.yaml and utils.py; items come from the original KoBEST TSVs mapped
-  to HF skt/kobest_v1's fields as its loading script does (pandas, rows with empty cells dropped).
+  metrics under the same names as lm_eval/tasks/kobest/*.yaml and utils.py: acc with
+  acc_stderr for every task, acc_norm with acc_norm_stderr for HellaSwag only, and f1
+  (macro-averaged, sklearn's f1_score average="macro"; no stderr, as in the harness).
+  Items come from the original KoBEST TSVs mapped to HF skt/kobest_v1's fields as its
+  loading script does (pandas, rows with empty cells dropped).
 - Scoring is the harness's HFLM loglikelihood: trailing spaces of the prompt move into the
   continuation, the continuation is what encoding prompt + continuation adds after the
   prompt's tokens, and the input is left-truncated to the model's window.
@@ -23,9 +25,13 @@ How these numbers relate to lm-evaluation-harness (`lm_eval --tasks kobest_*`):
   (one random.Random(seed) per task and shot count, rnd.sample per item in order); seed 1234
   is lm_eval's default --fewshot_seed, so with the same seed and item limit the examples match.
 - Differences: tokens come from the SentencePiece model (what Llama's HF tokenizer
-  reproduces), with BOS when add_bos is true, as recent harness versions do for Llama
-  (older ones, such as the polyglot branch behind the Llama-2-Ko card, sent no BOS: set
-  add_bos: false); log-probabilities are computed in float32 whatever the weights' dtype;
+  reproduces); BOS is prepended when the model's Hugging Face tokenizer adds it (the
+  harness's default), unless add_bos says otherwise (older harness versions, such as the
+  polyglot branch behind the Llama-2-Ko card, sent no BOS: set add_bos: false).
+  Log-probabilities: the harness takes log_softmax of the logits in the model's dtype
+  (bfloat16 weights: bfloat16 log-probabilities); kovocab computes them in float32
+  whatever the weights' dtype, so with bf16 weights the two differ by bf16 rounding
+  (with float32 weights they agree to ~1e-5);
   an example identical to the evaluated item would be dropped (none exists in KoBEST's
   splits). The card's figures used the polyglot branch's KoBEST prompts, which may differ
   in wording, so compare our numbers with each other first and with the card second.
@@ -61,7 +67,7 @@ def _summary(figures: dict[str, Any]) -> list[str]:
         rows.append([f"bits/byte · {text}", *map(_fmt, vals), *(_delta(v, vals[0]) for v in vals[1:])])
     for task, per_shots in figures.get("kobest", {}).items():
         for shots, per_model in per_shots.items():
-            for metric in ("acc", "macro_f1"):
+            for metric in ("acc", "f1"):
                 vals = [per_model[n][metric] for n in names]
                 rows.append([f"{task} {shots}-shot {metric}", *map(_fmt, vals),
                              *(_delta(v, vals[0]) for v in vals[1:])])
@@ -85,7 +91,9 @@ def render_markdown(figures: dict[str, Any]) -> str:
                    for m in figures["models"]], text_columns=3)
     s = figures["settings"]
     limit = s["max_examples_per_task"] or "all"
-    bos = "on" if s["add_bos"] else "off"
+    bos = "/".join(dict.fromkeys("on" if m.get("add_bos", s["add_bos"]) else "off"
+                                 for m in figures["models"]))
+    bos += " (as each model's tokenizer)" if s["add_bos"] is None else ""
     out += ["", f"KoBEST split `{s['kobest_split']}`, at most {limit} items per task, few-shot seed "
             f"{s['seed']}, BOS {bos}, {s['device']}, {figures['seconds']:.1f} s.", ""]
 
@@ -96,13 +104,13 @@ def render_markdown(figures: dict[str, Any]) -> str:
 
     kobest = figures.get("kobest", {})
     if kobest:
-        out += ["## KoBEST (macro-F1), as in the Llama-2-Ko card", ""]
+        out += ["## KoBEST (f1, macro-averaged), as in the Llama-2-Ko card", ""]
     for task, per_shots in kobest.items():
         shots = list(per_shots)
         n_items = next(iter(next(iter(per_shots.values())).values()))["n"]
         out += [f"### {task} ({n_items} items)", ""]
-        rows = [[n, *(_fmt(per_shots[k][n]["macro_f1"]) for k in shots)] for n in names]
-        rows += [[d, *(_delta(per_shots[k][n]["macro_f1"], per_shots[k][base]["macro_f1"]) for k in shots)]
+        rows = [[n, *(_fmt(per_shots[k][n]["f1"]) for k in shots)] for n in names]
+        rows += [[d, *(_delta(per_shots[k][n]["f1"], per_shots[k][base]["f1"]) for k in shots)]
                  for d, n in zip(deltas, names[1:], strict=True)]
         out += _table(["model", *(f"{k}-shot" for k in shots)], rows) + [""]
 

@@ -37,6 +37,7 @@ from kovocab.model.safetensors_io import (
     MODEL_FILES,
     SINGLE,
     Checkpoint,
+    check_checkpoint,
     link_or_copy,
     open_checkpoint,
     read_tensor,
@@ -146,20 +147,11 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
     """`resize_embeddings` driven by a recipe section (`resize_embeddings:`)."""
     t0 = time.perf_counter()
     src, out = Path(cfg.model_dir), Path(cfg.out_dir)
-    if not src.is_dir():
-        raise InputError(
-            f"resize_embeddings.model_dir: folder not found: {src} (give a Hugging Face model folder)"
-        )
-    if not (src / "config.json").is_file():
-        raise InputError(
-            f"resize_embeddings.model_dir: {src} has no config.json; is it a Hugging Face model folder?"
-        )
+    ckpt = check_model_folder(src, "resize_embeddings.model_dir")
     if out.resolve() == src.resolve():
         raise InputError(f"resize_embeddings.out_dir: {out} is the input folder; write to a new folder")
     model_config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    ckpt = open_checkpoint(src)
     embed, head = _matrix_names(ckpt)
-    check_config_vocab(src, "resize_embeddings.model_dir")
     tied = head is None or bool(model_config.get("tie_word_embeddings"))
     if head is None and model_config.get("tie_word_embeddings") is False:
         raise InputError(f"{src}: config.json says tie_word_embeddings: false but there is no lm_head.weight")
@@ -225,6 +217,30 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
         write_manifest(out, "resize_embeddings", result.stats, inputs=inputs)
         log.info("resized %s -> %s: %d -> %d rows (%s)", src, out, rows, plan.total_rows, cfg.init)
         return result
+
+
+def check_model_folder(model_dir: str | Path, where: str, base_rows: int | None = None) -> Checkpoint:
+    """The checks resize makes of its input model before it writes anything.
+
+    A Hugging Face folder with config.json, safetensors shards whose sizes match their
+    headers (a truncated download is named here, not by safetensors mid-way), a
+    config.json vocab_size that matches the weights, and, with `base_rows`, that many
+    embedding rows. `expand-vocab --model` runs it before training the tokenizer.
+    """
+    src = Path(model_dir)
+    if not src.is_dir():
+        raise InputError(f"{where}: folder not found: {src} (give a Hugging Face model folder)")
+    if not (src / "config.json").is_file():
+        raise InputError(f"{where}: {src} has no config.json; is it a Hugging Face model folder?")
+    ckpt = check_checkpoint(src, where)
+    check_config_vocab(src, where)
+    if base_rows is not None:
+        embed, _ = _matrix_names(ckpt)
+        rows = ckpt.header(embed).entry(embed).shape[0]
+        if rows != base_rows:
+            raise InputError(f"{where}: {src}: {embed} has {rows} rows but the base tokenizer has "
+                             f"{base_rows} pieces; give the model the base tokenizer belongs to")
+    return ckpt
 
 
 def check_config_vocab(model_dir: str | Path, where: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import struct
@@ -99,12 +100,65 @@ def read_header(path: str | Path) -> ShardHeader:
             raw = json.loads(f.read(n))
     except (OSError, struct.error, ValueError) as exc:
         raise InputError(f"{p}: not a readable safetensors file ({exc})") from exc
-    metadata = raw.pop("__metadata__", None) or {}
-    tensors = sorted(
-        (TensorEntry(k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in raw.items()),
-        key=lambda t: t.begin,
-    )
+    try:
+        metadata = raw.pop("__metadata__", None) or {}
+        tensors = sorted(
+            (TensorEntry(k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in raw.items()),
+            key=lambda t: t.begin,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable safetensors file (bad header entry: {exc!r})") from exc
     return ShardHeader(p, 8 + n, tuple(tensors), dict(metadata))
+
+
+def check_checkpoint(folder: str | Path, what: str) -> Checkpoint:
+    """`open_checkpoint`, and every shard's size checked against its header.
+
+    A truncated download or an interrupted copy is refused here, naming the file, before
+    a stage starts its long work (safetensors itself notices only when the shard is
+    opened). `what` names the config key in the message.
+    """
+    ckpt = open_checkpoint(folder)
+    problems = _shard_problems(ckpt, what)
+    if problems:
+        raise InputError(problems[0] if len(problems) == 1 else "\n  ".join(
+            [f"{len(problems)} checkpoint files are damaged:", *problems]))
+    return ckpt
+
+
+def safetensors_problems(folder: str | Path, what: str) -> list[str]:
+    """`check_checkpoint`'s findings as a list, [] for a folder without safetensors weights
+    (a PyTorch .bin checkpoint, which transformers can still load)."""
+    d = Path(folder)
+    if not ((d / INDEX).is_file() or (d / SINGLE).is_file()):
+        return []
+    try:
+        return _shard_problems(open_checkpoint(d), what)
+    except InputError as exc:
+        return [f"{what}: {exc}"]
+
+
+def _shard_problems(ckpt: Checkpoint, what: str) -> list[str]:
+    problems = []
+    for shard in ckpt.shards:
+        path = ckpt.folder / shard
+        try:
+            header = read_header(path)
+        except InputError as exc:
+            problems.append(f"{what}: {exc}")
+            continue
+        size = path.stat().st_size
+        need = header.data_start + max((t.end for t in header.tensors), default=0)
+        bad = [t.name for t in header.tensors if t.dtype in _ITEM_BYTES
+               and t.nbytes != _ITEM_BYTES[t.dtype] * math.prod(t.shape)]
+        if size != need:
+            state = "truncated" if size < need else "longer than its header says"
+            problems.append(f"{what}: {path} is {state}: its header describes {need:,} bytes, the file "
+                            f"has {size:,}; download or copy it again")
+        elif bad:
+            problems.append(f"{what}: {path} is corrupt: the sizes of {', '.join(bad[:3])} disagree with "
+                            "their shapes; download or copy it again")
+    return problems
 
 
 def open_checkpoint(folder: str | Path) -> Checkpoint:

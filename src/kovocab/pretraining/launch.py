@@ -19,7 +19,14 @@ import yaml
 from kovocab.artifacts import atomic_write_text, claim_output
 from kovocab.config import apply_overrides, read_recipe, to_dict
 from kovocab.errors import ConfigError, KovocabError
-from kovocab.pretraining.config import SECTION, PretrainConfig, check_paths, load_pretrain_config, outputs
+from kovocab.pretraining.config import (
+    SECTION,
+    PretrainConfig,
+    check_paths,
+    deepspeed_config,
+    load_pretrain_config,
+    outputs,
+)
 from kovocab.pretraining.loop import LAUNCHED, PretrainResult, prepare_data, pretrain
 
 log = logging.getLogger(__name__)
@@ -44,9 +51,22 @@ def launch_pretrain(recipe: PretrainConfig | str | Path, nproc_per_node: int = 1
         _die_with_parent()
         return pretrain(cfg, resume=resume)
     check_paths(cfg)
+    check_deepspeed_json(cfg, nproc_per_node)
     # This process holds the lock on out_dir for the whole job; the ranks it starts do not.
     with claim_output(cfg.out_dir, outputs(cfg), f"{SECTION}.out_dir"):
         return _launch_here(cfg, nproc_per_node, resume)
+
+
+def check_deepspeed_json(cfg: PretrainConfig, nproc_per_node: int) -> None:
+    """The DeepSpeed JSON against the recipe for `nproc_per_node` ranks on this machine, here.
+
+    Each rank checks it again when it starts; checked only there, a conflict came back
+    once per rank under torchrun's ChildFailedError traceback, after the token stores
+    had been built.
+    """
+    import torch
+
+    deepspeed_config(cfg, world_size=nproc_per_node, on_gpu=torch.cuda.is_available())
 
 
 def _launch_here(cfg: PretrainConfig, nproc_per_node: int, resume: bool) -> PretrainResult:

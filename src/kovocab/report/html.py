@@ -1,7 +1,8 @@
 """Render the report's figures (the content of report.json): Markdown, one HTML file, a text table.
 
 The HTML is self-contained and readable offline: inline CSS and inline SVG charts
-drawn here (characters per token; distribution of tokens per sentence), no scripts,
+drawn here (characters per token; distribution of tokens per sentence; with an
+expand_vocab sweep, Korean tokens per sentence against the number of new pieces), no scripts,
 no fonts or images fetched from anywhere.
 """
 
@@ -44,6 +45,34 @@ def _cell(m: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(m[key]) if key in m else ""
 
 
+def english_verdict(e: dict[str, Any]) -> str:
+    """'yes', 'no', or 'no English lines' (then there was nothing to compare, which is no failure)."""
+    return "yes" if e["identical"] else ("no English lines" if not e["lines"] else "no")
+
+
+SWEEP_COLUMNS = (  # (row key, header, format)
+    ("new_pieces", "new pieces", "{:,}"),
+    ("vocab_size", "vocab", "{:,}"),
+    ("korean_tokens_per_sentence", "Korean tok/sent", "{:.2f}"),
+    ("korean_chars_per_token", "chars/tok", "{:.3f}"),
+    ("golden_tokens", "golden sentence", "{}"),
+    ("replaced_unreachable", "unreachable replaced", "{:,}"),
+    ("pieces_prefix_of_largest", "prefix of largest", "{}"),
+)
+
+
+def _sweep_cells(row: dict[str, Any]) -> list[str]:
+    return ["" if row.get(k) is None else f.format(row[k]) for k, _, f in SWEEP_COLUMNS]
+
+
+def _sweep_note(rows: list[dict[str, Any]]) -> str:
+    base = rows[0].get("base_tokens_per_sentence")
+    n = rows[0].get("held_out_sentences", 0)
+    before = f" (base: {base:.2f})" if base is not None else ""
+    return (f"One Korean model cut at each size; held-out Korean tokens per sentence{before} "
+            f"on {n:,} sentences.")
+
+
 def _code(text: str) -> str:
     text = text.replace("|", "\\|")
     return f"`` {text} ``" if "`" in text else f"`{text}`"
@@ -74,8 +103,14 @@ def render_markdown(fig: dict[str, Any]) -> str:
             "| tokenizer | English lines | identical | all identical |", "|---|---:|---:|---|"]
     for tok in toks:
         e = fig["english_vs_base"][tok]
-        verdict = "yes" if e["identical"] else ("no English lines" if not e["lines"] else "**no**")
+        verdict = "**no**" if english_verdict(e) == "no" else english_verdict(e)
         out.append(f"| {tok} | {e['lines']:,} | {e['identical_lines']:,} | {verdict} |")
+    if fig.get("sweep"):
+        rows = fig["sweep"]
+        out += ["", "## Size sweep", "", _sweep_note(rows), "",
+                "| " + " | ".join(h for _, h, _ in SWEEP_COLUMNS) + " |",
+                "|" + "---:|" * len(SWEEP_COLUMNS)]
+        out += ["| " + " | ".join(_sweep_cells(r)) + " |" for r in rows]
     out += ["", "## Examples"]
     for ex in fig["examples"]:
         out += ["", _code(ex["text"]), "", "| tokenizer | tokens | vs base | pieces |", "|---|---:|---:|---|"]
@@ -175,6 +210,53 @@ def histogram_chart(fig: dict[str, Any], text_name: str) -> str:
     return "".join(parts)
 
 
+def sweep_chart(rows: list[dict[str, Any]]) -> str:
+    """Korean tokens per sentence (left axis, line) and chars/token (labels) per number of new pieces."""
+    pts = [(r["new_pieces"], r["korean_tokens_per_sentence"], r.get("korean_chars_per_token"))
+           for r in rows if r.get("korean_tokens_per_sentence") is not None]
+    if not pts:
+        return ""
+    x0, y0, pw, ph = 70, 20, 560, 220
+    xmax = max(p[0] for p in pts) or 1
+    ys = [p[1] for p in pts]
+    base = rows[0].get("base_tokens_per_sentence")
+    top = max([*ys, *([base] if base is not None else [])]) * 1.05
+    low = min(ys) * 0.9
+
+    def px(v: float) -> float:
+        return x0 + pw * v / xmax
+
+    def py(v: float) -> float:
+        return y0 + ph - ph * (v - low) / max(top - low, 1e-9)
+
+    parts = [f'<svg viewBox="0 0 760 {ph + 70}" width="760" height="{ph + 70}" role="img">',
+             "<title>Korean tokens per sentence by number of new pieces</title>",
+             f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>']
+    for frac in (0.0, 0.5, 1.0):
+        v = low + (top - low) * frac
+        parts.append(f'<text x="{x0 - 6}" y="{py(v) + 4:.1f}" text-anchor="end" font-size="11">'
+                     f"{v:.1f}</text>")
+    if base is not None:
+        parts += [f'<line x1="{x0}" y1="{py(base):.1f}" x2="{x0 + pw}" y2="{py(base):.1f}" '
+                  f'stroke="#999" stroke-dasharray="4 3"/>',
+                  f'<text x="{x0 + pw - 4}" y="{py(base) - 4:.1f}" text-anchor="end" font-size="11">'
+                  f"base {base:.1f}</text>"]
+    line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in pts)
+    parts.append(f'<polyline fill="none" stroke="{_color(1)}" stroke-width="2" points="{line}"/>')
+    for x, y, cpt in pts:
+        bottom = y0 + ph
+        label = f"{y:.1f}" + (f" ({cpt:.2f} c/t)" if cpt is not None else "")
+        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{_color(1)}"/>',
+                  f'<text x="{px(x):.1f}" y="{py(y) - 8:.1f}" text-anchor="middle" font-size="11">'
+                  f"{escape(label)}</text>",
+                  f'<line x1="{px(x):.1f}" y1="{bottom}" x2="{px(x):.1f}" y2="{bottom + 4}" stroke="#888"/>',
+                  f'<text x="{px(x):.1f}" y="{bottom + 17}" text-anchor="middle" font-size="11">{x:,}</text>']
+    parts += [f'<text x="{x0 + pw / 2}" y="{y0 + ph + 36}" text-anchor="middle" font-size="12">'
+              "new pieces appended to the base (labels: Korean tokens per sentence, chars per token)</text>",
+              "</svg>"]
+    return "".join(parts)
+
+
 def _table(head: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
     out = ["<table><tr>", *(f"<th>{escape(h)}</th>" for h in head), "</tr>"]
     for i, row in enumerate(rows):
@@ -223,8 +305,13 @@ def render_html(fig: dict[str, Any]) -> str:
              _table(["tokenizer", "English lines", "identical", "all identical"],
                     [[_td(t), _td(f"{english[t]['lines']:,}", True),
                       _td(f"{english[t]['identical_lines']:,}", True),
-                      _td("yes" if english[t]["identical"] else "no")] for t in toks]),
-             '<h2 id="examples">Examples</h2>']
+                      _td(english_verdict(english[t]))] for t in toks])]
+    if fig.get("sweep"):
+        rows = fig["sweep"]
+        body += ['<h2 id="sweep">Size sweep</h2>', f"<p>{escape(_sweep_note(rows))}</p>", sweep_chart(rows),
+                 _table([h for _, h, _ in SWEEP_COLUMNS],
+                        [[_td(c, True) for c in _sweep_cells(r)] for r in rows])]
+    body += ['<h2 id="examples">Examples</h2>']
     for ex in fig["examples"]:
         rows_html = []
         for i, t in enumerate(toks):
@@ -253,7 +340,7 @@ def render_summary(fig: dict[str, Any]) -> str:
                        f"{m['chars_per_token']:9.2f} {m['fertility']:9.2f} {m['byte_fallback_share']:6.1%} "
                        f"{m['roundtrip_rate']:6.1%} {m['encode_mb_per_s']:6.2f} {m['tokens_vs_base']:8.0%}")
     english = fig["english_vs_base"]
-    same = [f"{t} {'yes' if english[t]['identical'] else 'no'} "
+    same = [f"{t} {english_verdict(english[t])} "
             f"({english[t]['identical_lines']}/{english[t]['lines']})"
             for t in fig["order"]["tokenizers"] if t != fig["base"]]
     if same:

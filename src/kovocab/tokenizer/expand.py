@@ -153,6 +153,10 @@ def expand_vocab(
     base_model = find_sentencepiece_model(base, "base")
     base_size = len(load_proto(base_model).pieces)
     check_target_size(target_vocab_size, base_size, "expand_vocab.target_vocab_size")  # before training
+    if model is not None:  # a broken checkpoint fails now, not after the tokenizer work
+        from kovocab.model.resize import check_model_folder
+
+        check_model_folder(model, "expand_vocab.model", base_rows=base_size)
     if korean_vocab_size is None:
         # One Korean model serves every size: train it for the largest.
         korean_vocab_size = korean_vocab_size_for(max([target_vocab_size - base_size, *sweep]))

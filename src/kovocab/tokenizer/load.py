@@ -239,8 +239,9 @@ def load_tokenizer(path: str | Path) -> Encoder:
 
 def _load_dir(p: Path) -> Encoder:
     # tokenizer.json first: it is what AutoTokenizer loads by default from a folder.
-    if (p / "tokenizer.json").is_file():
-        return _load_file(p / "tokenizer.json")
+    for name in ("tokenizer.json", "tokenizer.json.xz", "tokenizer.json.gz"):
+        if (p / name).is_file():
+            return _load_file(p / name)
     models = [f for f in sorted(p.iterdir()) if f.is_file() and ".model" in f.name]
     models.sort(key=lambda f: f.name != "tokenizer.model")
     if models:
@@ -258,6 +259,7 @@ def _load_file(p: Path) -> Encoder:
         data = p.read_bytes()
     except OSError as exc:
         raise TokenizerError(f"{p}: cannot read tokenizer file ({exc.strerror})") from exc
+    data = _decompressed(p, data)
     if not data.strip():
         raise TokenizerError(f"{p}: empty file, not a tokenizer; {FORMATS_HINT}")
     if data.lstrip()[:1] == b"{":
@@ -265,6 +267,21 @@ def _load_file(p: Path) -> Encoder:
     if all(_RANK_LINE.match(line) for line in data[:4096].splitlines()[:3]):
         return _load_tiktoken(p, data)
     return _load_sentencepiece(p, data)
+
+
+def _decompressed(p: Path, data: bytes) -> bytes:
+    """xz or gzip content (Qwen3's tokenizer.json.xz in ../shared/data), recognised by its magic."""
+    import gzip
+    import lzma
+
+    try:
+        if data[:6] == b"\xfd7zXZ\x00":
+            return lzma.decompress(data)
+        if data[:2] == b"\x1f\x8b":
+            return gzip.decompress(data)
+    except (lzma.LZMAError, OSError, EOFError) as exc:
+        raise TokenizerError(f"{p}: compressed file does not decompress ({exc}); re-download it") from exc
+    return data
 
 
 def _load_sentencepiece(p: Path, data: bytes) -> Encoder:
