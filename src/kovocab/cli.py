@@ -61,6 +61,7 @@ def _argument(p: argparse.ArgumentParser, flag: Flag, hints: dict[str, Any], doc
         kw["nargs"] = "*"
     elif flag.many:
         kw.update(action="append", default=[])
+        kw["help"] += "" if "repeatable" in kw["help"] else " (repeatable)"
     kw["help"] = kw["help"].replace("%", "%%") if kw["help"] != argparse.SUPPRESS else kw["help"]
     p.add_argument(*flag.name.split(), **{**kw, **(flag.extra or {})})
 
@@ -126,7 +127,7 @@ def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
         if isinstance(value, list) and (flag.many or not flag.name.startswith("-")):
             value = tuple(value)  # repeated or positional; a list from a `type` (eval --tasks none) stays
         if value is not None and value != ():
-            section[flag.key] = _absolute(value)  # type: ignore[index]
+            section[flag.key] = _absolute(value)
     cfg = stage.config(data, section)
     args.resolved_out = getattr(cfg, "out_dir", None) or getattr(cfg, "out", None)  # for disk errors
     lines = stage.run_command(cfg, args) if stage.run_command else stage.show(cfg, stage.run(cfg))

@@ -172,7 +172,7 @@ def _plan(
     plan: list[tuple[Stage, Any]] = []
     problems: list[str] = []
     for stage in STAGE_TABLE:
-        if stage.name not in wanted:
+        if stage.name not in wanted or stage.wire is None:
             continue
         try:
             section = _section(data, stage, stage.wire(run_dir, outputs))

@@ -126,9 +126,9 @@ def _named(kind: str) -> Callable[[str], dict[str, str]]:
     return parse
 
 
-OUT, CORPUS = Flag("--out", "out_dir", "output folder"), Flag("corpus", "corpus")
-BASE = Flag("--base", "base", "base tokenizer.model or folder")
+OUT, CORPUS, BASE = Flag("--out", "out_dir"), Flag("corpus", "corpus"), Flag("--base", "base")
 DTYPE, DEVICE = Flag("--dtype", "dtype"), Flag("--device", "device")
+SWITCH = {"action": "store_true"}
 
 # --- shard -----------------------------------------------------------------------------------
 
@@ -233,8 +233,8 @@ MERGE_VOCAB = Stage(
     name="vocab_merge", command="merge-vocab", cls=merge.MergeVocabConfig,
     function="kovocab.tokenizer.merge:merge_vocab",
     help="append Korean pieces to a base SentencePiece BPE (Llama-2) vocabulary",
-    flags=(BASE, Flag("--korean-model", "korean_model", "korean_bpe.model from train-tokenizer"),
-           Flag("--out", "out_dir", "output tokenizer folder"), Flag("--target-vocab-size", "target_vocab_size")),
+    flags=(BASE, Flag("--korean-model", "korean_model"), OUT,
+           Flag("--target-vocab-size", "target_vocab_size")),
     show=lambda cfg, res: [f"merged tokenizer ({res.base_size} + {res.new_pieces} = {res.vocab_size} pieces, "
                            f"{res.replaced_unreachable} unreachable replaced): {res.out_dir}"],
 )
@@ -247,11 +247,13 @@ def _expand_show(cfg: Any, res: Any) -> Iterable[str]:
     if "korean_chars_per_token_after" in s:
         yield (f"  held-out Korean: {s['korean_tokens_per_sentence_before']:.1f} -> "
                f"{s['korean_tokens_per_sentence_after']:.1f} tokens/sentence, "
-               f"{s['korean_chars_per_token_before']:.2f} -> {s['korean_chars_per_token_after']:.2f} chars/token")
+               f"{s['korean_chars_per_token_before']:.2f} -> "
+               f"{s['korean_chars_per_token_after']:.2f} chars/token")
     for row in res.sweep:
         yield (f"  sweep +{row['new_pieces']:,} ({row['vocab_size']:,} pieces): "
                f"{row['korean_tokens_per_sentence'] or float('nan'):.2f} tokens/sentence, "
-               f"{row['korean_chars_per_token'] or float('nan'):.3f} chars/token, golden {row['golden_tokens']}")
+               f"{row['korean_chars_per_token'] or float('nan'):.3f} chars/token, "
+               f"golden {row['golden_tokens']}")
     yield from [f"report: {res.report_dir}"] if res.report_dir else []
     yield from [f"resized model: {res.model_dir}"] if res.model_dir else []
 
@@ -266,8 +268,7 @@ EXPAND_VOCAB = Stage(
     function="kovocab.tokenizer.expand:expand_vocab_from_config",
     help="train-tokenizer + merge-vocab (+ report, + resize with --model) in one step",
     flags=(CORPUS, BASE, OUT, Flag("--target-vocab-size", "target_vocab_size"), Flag("--method", "method"),
-           Flag("--eval-text", "eval_texts", "held-out Korean", many=True),
-           Flag("--model", "model", "Hugging Face Llama folder to resize as well"),
+           Flag("--eval-text", "eval_texts", many=True), Flag("--model", "model"),
            Flag("--sweep", "sweep", "also cut the Korean model at these numbers of new pieces, e.g. "
                 "4096,8192,14336,23296,32768", type=_int_list, extra={"metavar": "N,N,..."})),
     show=_expand_show, owned=lambda cfg: expand.OUTPUTS,
@@ -285,15 +286,16 @@ EXPAND_VOCAB = Stage(
 # --- model: init-model (a tiny Llama for smoke runs), resize-embeddings, bpb (the step-0 check) --
 
 INIT_MODEL = Stage(
-    name="init_model", command="init-model", cls=tiny.InitModelConfig, function="kovocab.model.tiny:init_model",
+    name="init_model", command="init-model", cls=tiny.InitModelConfig,
+    function="kovocab.model.tiny:init_model",
     help="build a small Llama from config (random, seeded) with a base tokenizer, for smoke runs",
     description=(
         "Write a randomly initialised Hugging Face Llama (safetensors) whose vocabulary is the\n"
         "base tokenizer's, with that tokenizer beside it: the stand-in for a downloaded Llama\n"
         "in smoke runs and tests. Real runs start from a real checkpoint instead."),
-    flags=(Flag("--tokenizer", "tokenizer", "base tokenizer.model or a folder holding one"),
-           Flag("--out", "out_dir", "output model folder")),
-    show=lambda cfg, res: [f"model ({res.parameters:,} parameters, vocabulary {res.vocab_size}): {res.out_dir}"],
+    flags=(Flag("--tokenizer", "tokenizer"), OUT),
+    show=lambda cfg, res: [f"model ({res.parameters:,} parameters, vocabulary {res.vocab_size}): "
+                           f"{res.out_dir}"],
     owned=lambda cfg: tiny.OUTPUTS,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
@@ -320,11 +322,8 @@ RESIZE = Stage(
         "(safetensors) to the expanded tokenizer, reading and rewriting only those two\n"
         "tensors; the other shards are hardlinked. New rows: the mean of the base\n"
         "tokenizer's split of the piece (subword-mean) or of all rows (mean)."),
-    flags=(Flag("--model", "model_dir", "Hugging Face model folder (resize_embeddings.model_dir)"),
-           Flag("--tokenizer", "tokenizer", "expanded tokenizer folder or tokenizer.model"),
-           Flag("--out", "out_dir", "output model folder"), Flag("--init", "init"),
-           Flag("--base-tokenizer", "base_tokenizer", "default: the model folder's tokenizer.model"),
-           Flag("--pad-to-multiple-of", "pad_to_multiple_of")),
+    flags=(Flag("--model", "model_dir"), Flag("--tokenizer", "tokenizer"), OUT, Flag("--init", "init"),
+           Flag("--base-tokenizer", "base_tokenizer"), Flag("--pad-to-multiple-of", "pad_to_multiple_of")),
     show=_resize_show, owned=lambda cfg: resize.OUTPUTS,
     wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
@@ -333,9 +332,7 @@ RESIZE = Stage(
     summary=lambda res: dict(res.stats),
 )
 
-MODEL_FLAGS = (Flag("--model", "models", "model folder (repeatable)", many=True),
-               Flag("--tokenizer", "tokenizers", "paired with --model in order; default the model folder's "
-                    "tokenizer.model", many=True))
+MODEL_FLAGS = (Flag("--model", "models", many=True), Flag("--tokenizer", "tokenizers", many=True))
 
 
 def _bpb_show(cfg: Any, results: Any) -> Iterable[str]:
@@ -355,9 +352,9 @@ BPB = Stage(
         "Score the same documents under each model with its tokenizer (default: the\n"
         "model folder's tokenizer.model). Give the base model and the resized one to see\n"
         "what the new rows cost before training; bits/byte does not depend on the tokenizer."),
-    flags=(*MODEL_FLAGS, Flag("--text", "texts", ".txt, .jsonl or shard folder", many=True),
-           Flag("--max-documents", "max_documents"), Flag("--max-length", "max_length", "window in tokens"),
-           Flag("--stride", "stride"), DEVICE, DTYPE, Flag("--out", "out", "JSON file for the figures")),
+    flags=(*MODEL_FLAGS, Flag("--text", "texts", many=True), Flag("--max-documents", "max_documents"),
+           Flag("--max-length", "max_length"), Flag("--stride", "stride"), DEVICE, DTYPE,
+           Flag("--out", "out")),
     show=_bpb_show,
 )
 
@@ -403,20 +400,22 @@ def _pretrain_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 PRETRAIN = Stage(
-    name="pretrain", command="pretrain", cls=PretrainConfig, function="kovocab.pretraining.launch:launch_pretrain",
+    name="pretrain", command="pretrain", cls=PretrainConfig,
+    function="kovocab.pretraining.launch:launch_pretrain",
     help="continued pretraining of the resized model under DeepSpeed ZeRO-3, in stages",
     description=(
         "Train the resized checkpoint in the recipe's stages (e.g. new embedding rows, then all)\n"
         "under the DeepSpeed ZeRO-3 JSON it names; export a Hugging Face checkpoint at the end.\n"
         "One node: --nproc-per-node N (re-launches through torch.distributed.run), or start it\n"
         "under torchrun / `deepspeed --module kovocab` / srun; see pretrain/README.md."),
-    flags=(Flag("--config", help="pretrain/NAME.yaml (same as --recipe)", type=Path, extra={"dest": "recipe"}),
-           Flag("--resume", help="continue from out_dir/checkpoints/latest", extra={"action": "store_true"}),
+    flags=(Flag("--config", help="pretrain/NAME.yaml (same as --recipe)", type=Path,
+                extra={"dest": "recipe"}),
+           Flag("--resume", help="continue from out_dir/checkpoints/latest", extra=SWITCH),
            Flag("--nproc-per-node", help="processes on this node without a launcher", type=int,
                 extra={"default": 1}),
            Flag("--prepare-data-only", help="build (or reuse) the token stores and exit (run once before a "
-                "multi-node job)", extra={"action": "store_true"}),
-           Flag("--local_rank --local-rank", help=argparse.SUPPRESS, type=int)),  # from the deepspeed launcher
+                "multi-node job)", extra=SWITCH),
+           Flag("--local_rank --local-rank", help=argparse.SUPPRESS, type=int)),  # deepspeed's launcher
     nested=((StageConfig, "pretrain.stages"),), from_args=_pretrain_section, run_command=_pretrain_command,
     wire=_pretrain_wire, call=_pretrain_call, owned=pretrain_outputs,
     done_file=lambda cfg: Path(cfg.out_dir) / "hf" / "manifest.json",
@@ -456,12 +455,8 @@ REPORT = Stage(
                 "(repeatable)", type=_named("tokenizer"), many=True, extra={"metavar": "NAME=PATH"}),
            Flag("--text", "texts", "text/.jsonl/.json/.tsv file (PATH:FIELD for a field or column) or shard "
                 "folder", type=_named("text"), many=True, extra={"metavar": "NAME=PATH"}),
-           OUT, Flag("--base", "base", "tokenizer NAME the others are compared with (default: the first)"),
-           Flag("--example", "examples", "sentence shown piece by piece (repeatable)", many=True,
-                extra={"metavar": "SENTENCE"}),
-           Flag("--max-lines", "max_lines", "first N non-empty lines per text set"),
-           Flag("--field", "text_field", "default JSONL/JSON field or TSV column (default: text)"),
-           Flag("--split", "shard_split", "split read from shard folders (default: eval)")),
+           OUT, BASE, Flag("--example", "examples", many=True, extra={"metavar": "SENTENCE"}),
+           Flag("--max-lines", "max_lines"), Flag("--field", "text_field"), Flag("--split", "shard_split")),
     show=_report_show, owned=lambda cfg: measure.OUTPUTS, wire=_report_wire,
     done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
     outputs=lambda cfg: {"report": Path(cfg.out_dir) / "report.md"},
@@ -496,21 +491,21 @@ EVAL = Stage(
         "text (bits per byte) and KoBEST BoolQ/COPA/HellaSwag/SentiNeg/WiC with\n"
         "lm-evaluation-harness's prompts and metrics (acc, macro-F1), from local TSVs.\n"
         "Writes eval.json, eval.md (tables like the Llama-2-Ko card) and items.jsonl."),
-    flags=(MODEL_FLAGS[0], Flag("--name", "names", "column name per --model (repeatable)", many=True),
-           MODEL_FLAGS[1], Flag("--text", "bpb_texts", "held-out text for bits per byte: .txt, .jsonl or "
-                                "shard folder (repeatable)", type=_named("text"), many=True,
-                                extra={"metavar": "NAME=PATH"}),
-           Flag("--kobest-dir", "kobest_dir", "folder with the KoBEST task folders"),
-           Flag("--tasks", "tasks", "comma-separated KoBEST tasks, or 'none' (default: all five)", type=_comma),
+    flags=(MODEL_FLAGS[0], Flag("--name", "names", many=True), MODEL_FLAGS[1],
+           Flag("--text", "bpb_texts", "held-out text for bits per byte: .txt, .jsonl or shard folder "
+                "(repeatable)", type=_named("text"), many=True, extra={"metavar": "NAME=PATH"}),
+           Flag("--kobest-dir", "kobest_dir"),
+           Flag("--tasks", "tasks", "comma-separated KoBEST tasks, or 'none' (default: all five)",
+                type=_comma),
            Flag("--shots", "shots", "comma-separated few-shot counts, e.g. 0,5,10,50 (default: 0)",
                 type=lambda v: [int(s) if s.isdigit() else s for s in _comma(v)]),
-           Flag("--split", "kobest_split", "KoBEST split scored (default: test)"),
-           Flag("--limit", "max_examples_per_task", "first N items per task (eval.max_examples_per_task)"),
+           Flag("--split", "kobest_split"), Flag("--limit", "max_examples_per_task"),
            Flag("--batch-size", "batch_size"), DEVICE, DTYPE, OUT),
     show=_eval_show, owned=lambda cfg: evaluation.OUTPUTS, wire=_eval_wire,
     done_file=lambda cfg: Path(cfg.out_dir) / "eval.json",
     outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
 )
 
-REGISTRY = (SHARD, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN, REPORT, EVAL)
+REGISTRY = (SHARD, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN, REPORT,
+            EVAL)
 STAGE_TABLE = tuple(s for s in REGISTRY if s.wire is not None)  # what `kovocab run` walks, in order

@@ -77,7 +77,7 @@ def test_zero3_resize_gathers_and_initialises(tmp_path: Path, shared_data: Path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert r0["rows"] == r0["vocab"] == 55296
     import sentencepiece as spm
-    from test_embeddings import expected_rows
+    from test_model_resize import expected_rows
 
     sp = spm.SentencePieceProcessor(model_file=str(shared_data / EXPANDED / "tokenizer.model"))
     pieces = [sp.id_to_piece(i) for i in range(32000, 55296)]

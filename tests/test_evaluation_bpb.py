@@ -14,7 +14,7 @@ import sentencepiece as spm
 import torch
 from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL
 from sentencepiece import sentencepiece_model_pb2 as pb
-from test_embeddings import CHINESE, ENGLISH, tiny_llama
+from test_model_resize import CHINESE, ENGLISH, tiny_llama
 from transformers import AutoModelForCausalLM
 
 from kovocab.cli import main
