@@ -2,7 +2,7 @@
 MFU, the new-rows stage, export and reload, `kovocab eval`, and (time permitting) 7B resize + load.
 
     .venv/bin/python bench/gpu_check.py            # one H100/H200: <= 8 minutes, runs/gpu_check/
-    .venv/bin/python bench/gpu_check.py --tiny     # CPU, the same steps at toy size: about a minute
+    .venv/bin/python bench/gpu_check.py --tiny     # CPU, the same steps at toy size: 1-2 minutes
 
 Every step is timed and recorded in gpu_check.json (status ok/failed/timeout/skipped, seconds,
 its budget, its figures or its error) and summarised in gpu_check.md; a failed step does not
@@ -158,10 +158,12 @@ class Check:
             entry["status"], entry["error"] = "skipped", str(exc)
         except StepTimeout as exc:
             entry["status"], entry["error"] = "timeout", str(exc) or f"ran past its {budget:.0f} s budget"
+            entry["partial"] = getattr(exc, "partial", None)
         except Exception as exc:  # noqa: BLE001 - record it and go on to the next step
             entry["status"] = "failed"
             entry["error"] = f"{type(exc).__name__}: {exc}"
             entry["traceback"] = traceback.format_exc()[-4000:]
+            entry["partial"] = getattr(exc, "partial", None)
         entry["seconds"] = round(time.monotonic() - t0, 2)
         log.info("step %s: %s in %.1f s%s", name, entry["status"], entry["seconds"],
                  f" ({entry['error'][:300]})" if "error" in entry else "")
@@ -384,14 +386,27 @@ def _recipe(check: Check, name: str, stages: list[dict[str, Any]], ckpt: bool, c
 
 def _pretrain(check: Check, name: str, recipe: Path, ckpt: bool) -> dict[str, Any]:
     """`kovocab pretrain` in a child; figures from its metrics.jsonl and its progress lines."""
-    from kovocab.pretraining.metrics import flops_per_token, parse_progress_line
-
-    out_dir = check.work / name
+    out_dir, log_file = check.work / name, check.work / "logs" / f"{name}.log"
     shutil.rmtree(out_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    text = run_child(check, kovocab("pretrain", "--config", str(recipe)), check.work / "logs" / f"{name}.log")
-    wall = time.perf_counter() - t0
-    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    try:
+        text = run_child(check, kovocab("pretrain", "--config", str(recipe)), log_file)
+    except Exception as exc:
+        # A run cut short (out of time, out of memory) still has the figures of its steps so far.
+        try:
+            so_far = log_file.read_text(encoding="utf-8", errors="replace")
+            exc.partial = _pretrain_figures(check, out_dir, so_far, time.perf_counter() - t0,  # type: ignore
+                                            ckpt)
+        except Exception:  # noqa: BLE001 - no step finished: nothing to add
+            pass
+        raise
+    return _pretrain_figures(check, out_dir, text, time.perf_counter() - t0, ckpt)
+
+
+def _pretrain_figures(check: Check, out_dir: Path, text: str, wall: float, ckpt: bool) -> dict[str, Any]:
+    from kovocab.pretraining.metrics import flops_per_token, parse_progress_line
+
+    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
     lines = [r for r in map(parse_progress_line, text.splitlines()) if r is not None]
     cfg = json.loads((out_dir / "ds_config.json").read_text(encoding="utf-8"))
     pr = check.profile
@@ -432,7 +447,7 @@ def _pretrain(check: Check, name: str, recipe: Path, ckpt: bool) -> dict[str, An
         "log_loss_matches_metrics": all(abs(r["loss"] - by_step[r["step"]]["loss"]) < 1e-4 for r in lines),
         "log_eta_s_first": lines[0].get("eta_s") if lines else None,
         "log_mfu_present": all("mfu" in r for r in lines) if peak else None,
-        "metrics": str(out_dir / "metrics.jsonl"), "log": str(check.work / "logs" / f"{name}.log"),
+        "metrics": str(out_dir / "metrics.jsonl"), "log": str(check.work / "logs" / f"{out_dir.name}.log"),
     }
     return result
 
@@ -455,9 +470,9 @@ def step_pretrain_ckpt(check: Check) -> dict[str, Any]:
                "embedding_lr": pr.embedding_lr, "warmup_steps": 2}]
     total = pr.stage1_steps + pr.stage2_steps
     recipe = _recipe(check, "pretrain_ckpt", stages, True, pr.stage1_steps, True, total)
+    run = check.facts["run"] = check.work / "pretrain_ckpt"  # later steps read what a cut-short run left
     result = _pretrain(check, "pretrain_ckpt", recipe, True)
-    run = check.work / "pretrain_ckpt"
-    check.facts.update(run=run, bpb_training=result["bpb_ko_last"])
+    check.facts["bpb_training"] = result["bpb_ko_last"]
     # The last checkpoint (full optimizer state) is not read again: free the disk for what follows.
     shutil.rmtree(run / "checkpoints" / f"step-{total:08d}", ignore_errors=True)
     return result
@@ -689,7 +704,7 @@ def load_offloaded(model_dir: Path, ds_file: Path) -> dict[str, Any]:
 
 
 def summarise(check: Check) -> dict[str, Any]:
-    res = {s["name"]: s.get("result") or {} for s in check.steps}
+    res = {s["name"]: s.get("result") or s.get("partial") or {} for s in check.steps}
     env = res.get("environment", {})
     a, b = res.get("pretrain_ckpt", {}), res.get("pretrain_no_ckpt", {})
     return {
@@ -722,7 +737,7 @@ def render_md(doc: dict[str, Any]) -> str:
         note = f" ({st['error'].splitlines()[0][:120]})" if st.get("error") else ""
         lines.append(f"| {st['name']} | {st['status']}{note} | {st.get('seconds', 0):.1f} "
                      f"| {st['budget_s']:.0f} |")
-    peak = f"{s['peak_flops'] / 1e12:.0f} TFLOP/s, {s['peak_flops_source']}" if s["peak_flops"] else "none"
+    peak = f"{s['peak_flops'] / 1e12:.3g} TFLOP/s, {s['peak_flops_source']}" if s["peak_flops"] else "none"
     lines += ["", f"MFU (6·N + attention FLOPs per token; peak {peak}; goal {MFU_GOAL:.0%}):", "",
               "| gradient checkpointing | tokens/s | MFU | peak GPU memory GiB |", "|---|---:|---:|---:|",
               f"| on | {f(s['tokens_per_s_ckpt_on'], ',.0f')} | {f(s['mfu_ckpt_on'], '.1%')} | "
@@ -742,7 +757,7 @@ def render_md(doc: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="CPU, toy shapes, the same steps (about a minute)")
+    p.add_argument("--tiny", action="store_true", help="CPU, toy shapes, the same steps (1-2 minutes)")
     p.add_argument("--out", type=Path, help="where gpu_check.json/.md go (default runs/gpu_check[_tiny])")
     p.add_argument("--work", type=Path, help="scratch folder (default OUT/work, /dev/shm on a GPU if roomy)")
     p.add_argument("--budget-s", type=float, help="time for the whole check (default 480 on GPU)")

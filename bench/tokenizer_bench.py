@@ -1,13 +1,17 @@
 """Tokenizer benchmark: training cost, Korean efficiency, encode throughput, side by side.
 
-    .venv/bin/python bench/tokenizer_bench.py [--corpus runs/corpus] [--out runs/bench-tokenizer]
+    .venv/bin/python bench/tokenizer_bench.py [--corpus runs/corpus-mix] [--out runs/bench-tokenizer]
 
-1. Shards the default corpus recipe if --corpus does not exist yet.
-2. expand_vocab() to 46336 with plain BPE (all sentences) and times it against calling
-   sentencepiece's trainer alone on the same sentences.
-3. Plain vs morpheme-aware (Kiwi) BPE on the same sample (--compare-sentences).
+1. Shards the default corpus recipe (corpora/korean_mix.yaml) if --corpus does not exist yet.
+2. expand_vocab() to 46336 with plain BPE, the default tokenizer recipe's source_weights and
+   sample size (tokenizers/llama2_ko_46k.yaml), timed against calling sentencepiece's
+   trainer alone on the same sentences.
+3. Plain vs morpheme-aware (Kiwi) BPE on the same weighted sample (--compare-sentences).
 4. Characters per token and byte-fallback share on KLUE + KoBEST Korean text (never
    trained on), for Llama-2, Mistral v1, Chinese-LLaMA-2, Llama-3 and the expansions.
+   Byte-fallback share is the report's definition (kovocab.tokenizer.load `byte_ids`):
+   the share of tokens whose bytes are not whole UTF-8 characters, i.e. `<0xNN>` pieces
+   in SentencePiece, and partial-character tokens in byte-level BPE (Llama-3).
 5. Encode throughput (MB/s) of the expanded fast tokenizer against Llama-2's.
 Writes results.json in --out and prints a Markdown table.
 """
@@ -68,18 +72,34 @@ def encoders() -> dict[str, object]:
     }
 
 
+def byte_token_ids(enc: object) -> frozenset[int]:
+    """Ids whose bytes are not whole UTF-8 characters: the report's byte-fallback definition."""
+    import sentencepiece as spm
+
+    if isinstance(enc, spm.SentencePieceProcessor):  # <0xNN> pieces (whole pieces are always text)
+        return frozenset(i for i in range(enc.get_piece_size()) if enc.is_byte(i))
+    out = set()
+    for i in range(enc.n_vocab):  # type: ignore[attr-defined]
+        try:
+            enc.decode_single_token_bytes(i).decode("utf-8")  # type: ignore[attr-defined]
+        except UnicodeDecodeError:
+            out.add(i)
+        except KeyError:  # ids between the ranks and the special tokens
+            pass
+    return frozenset(out)
+
+
 def efficiency(enc: object, texts: list[str]) -> dict[str, float]:
     import sentencepiece as spm
 
     chars = sum(len(t) for t in texts)
+    byte_ids = byte_token_ids(enc)
     if isinstance(enc, spm.SentencePieceProcessor):
         ids = enc.encode(texts)
-        byte_ids = {i for i in range(enc.get_piece_size()) if enc.is_byte(i)}
-        n = sum(len(x) for x in ids)
-        nbytes = sum(1 for x in ids for i in x if i in byte_ids)
     else:
-        n = sum(len(enc.encode(t)) for t in texts)  # type: ignore[attr-defined]
-        nbytes = 0
+        ids = [enc.encode_ordinary(t) for t in texts]  # type: ignore[attr-defined]
+    n = sum(len(x) for x in ids)
+    nbytes = sum(1 for x in ids for i in x if i in byte_ids)
     return {
         "chars_per_token": chars / n,
         "tokens_per_sentence": n / len(texts),
@@ -128,19 +148,27 @@ def train_alone(sentences: list[str], out: Path, vocab_size: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", type=Path, default=ROOT / "runs" / "corpus")
+    ap.add_argument("--corpus", type=Path, default=ROOT / "runs" / "corpus-mix")
+    ap.add_argument("--recipe", type=Path, default=ROOT / "tokenizers" / "llama2_ko_46k.yaml",
+                    help="tokenizer recipe whose expand_vocab source_weights and max_sentences are used")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-tokenizer")
     ap.add_argument(
         "--compare-sentences",
         type=int,
-        default=200_000,
-        help="sample size for plain vs morpheme-aware (Kiwi runs ~2k sentences/s on 2 cores)",
+        default=100_000,
+        help="sample size for plain vs morpheme-aware (Kiwi runs ~1-2k sentences/s on 2 cores)",
     )
+    ap.add_argument("--unweighted", action="store_true",
+                    help="also train on the same corpus without source_weights (a few minutes more)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from kovocab.corpus.texts import iter_corpus_texts
-    from kovocab.tokenizer.expand import expand_vocab, korean_vocab_size_for
+    from kovocab.config import load_section, read_recipe
+    from kovocab.tokenizer.expand import ExpandVocabConfig, expand_vocab, korean_vocab_size_for
     from kovocab.tokenizer.train import sample_sentences
+    from kovocab.tokenizer.weights import WeightedCorpus
+
+    recipe = load_section(ExpandVocabConfig, read_recipe(args.recipe), "expand_vocab")
+    weights, max_sentences = recipe.source_weights, recipe.max_sentences
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -148,16 +176,19 @@ def main() -> int:
         from kovocab.cli import main as cli
 
         rc = cli(
-            ["shard", "--recipe", str(ROOT / "corpora" / "nsmc_novels.yaml"), "--out", str(args.corpus), "-q"]
+            ["shard", "--recipe", str(ROOT / "corpora" / "korean_mix.yaml"), "--out", str(args.corpus), "-q"]
         )
         if rc:
             return rc
     results: dict[str, object] = {}
 
     start = time.perf_counter()
-    plain = expand_vocab(LLAMA2, args.corpus, out / "bpe", report=False)
+    plain = expand_vocab(LLAMA2, args.corpus, out / "bpe", report=False, source_weights=weights,
+                         max_sentences=max_sentences)
     results["expand_vocab_seconds"] = time.perf_counter() - start
-    sentences, _ = sample_sentences(iter_corpus_texts([args.corpus]), 2_000_000, 0)
+    results["recipe"] = str(args.recipe)
+    results["sources"] = plain.training.sources
+    sentences, _ = sample_sentences(WeightedCorpus((args.corpus,), weights), max_sentences, 0)
     results["sentencepiece_alone_seconds"] = train_alone(sentences, out, korean_vocab_size_for(14336))
     results["training_sentences"] = len(sentences)
     results["headline"] = plain.stats
@@ -171,15 +202,26 @@ def main() -> int:
             out / f"cmp-{method}",
             method=method,  # type: ignore[arg-type]
             max_sentences=args.compare_sentences,
+            source_weights=weights,
             report=False,
         )
         small[method] = (r, time.perf_counter() - start)
+
+    if args.unweighted:
+        start = time.perf_counter()
+        flat = expand_vocab(LLAMA2, args.corpus, out / "bpe-unweighted", report=False,
+                            max_sentences=max_sentences)
+        results["unweighted"] = {"seconds": time.perf_counter() - start, "stats": flat.stats,
+                                 "sources": flat.training.sources}
 
     import sentencepiece as spm
 
     texts = korean_eval_texts()
     encs = encoders()
     encs["kovocab bpe (46336)"] = spm.SentencePieceProcessor(model_file=str(plain.merge.tokenizer_model))
+    if args.unweighted:
+        encs["kovocab bpe, no source_weights (46336)"] = spm.SentencePieceProcessor(
+            model_file=str(flat.merge.tokenizer_model))
     for method, (r, _) in small.items():
         encs[f"kovocab {method}, {args.compare_sentences} sent. (46336)"] = spm.SentencePieceProcessor(
             model_file=str(r.merge.tokenizer_model)
@@ -211,6 +253,13 @@ def main() -> int:
         f"golden sentence: 30 -> {plain.stats['golden_tokens_after']} tokens: "
         f"{plain.stats['golden_pieces_after']}"
     )
+    if args.unweighted:
+        print(f"  without source_weights: {flat.stats['golden_tokens_after']} tokens: "
+              f"{flat.stats['golden_pieces_after']}")
+    shares = {s: v["sample_characters"] for s, v in (plain.training.sources or {}).items()}
+    total = sum(shares.values()) or 1
+    print("training sample, share of characters by source: " + ", ".join(
+        f"{s} {c / total:.1%}" for s, c in sorted(shares.items(), key=lambda x: -x[1])))
     print(f"\nKLUE + KoBEST Korean ({len(texts)} sentences, never trained on):\n")
     print("| tokenizer | chars/token | tokens/sentence | byte-fallback share |")
     print("|---|---:|---:|---:|")

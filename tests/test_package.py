@@ -83,6 +83,10 @@ def test_every_command_refuses_unknown_sections(tmp_path: Path, capsys) -> None:
         assert f"--set '{section}s.x=1': unknown section '{section}s'; did you mean '{section}'?" in err
         assert f"--set 'x=1': expected SECTION.KEY=VALUE, e.g. --set {section}.x=1" in err, command
         assert f"(sections for this command: {section})" in err, command
+    assert main(["run", str(recipe), "--set", "shards=8"]) == 1
+    assert "kovocab: error: --set 'shards=8': expected SECTION.KEY=VALUE" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 1
+    assert "sharding: not a section of a run recipe; did you mean 'shard'?" in capsys.readouterr().err
 
 
 def test_set_typo_in_a_section_runs_nothing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

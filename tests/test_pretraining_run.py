@@ -301,3 +301,25 @@ def test_rank_state_round_trips_every_rng_exactly(tmp_path: Path) -> None:
     set_rng_state(state["rng"])
     assert draws() == expected
     assert state["data"] == data and state["step"] == 1
+
+
+def test_pretrain_into_a_folder_in_use_is_refused_without_touching_it(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12.2: two `kovocab pretrain` runs into one out_dir; the second stops before writing anything
+    (no error.json, launch.yaml or metrics of its own in the other run's folder)."""
+    import socket
+
+    out = tmp_path / "busy"
+    hold = ("import sys, time\nfrom kovocab.artifacts import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert main(argv(setup, out, "pretrain.seed=1")) == 1
+        err = capsys.readouterr().err
+        assert f"kovocab: error: {out} is in use by pid {proc.pid} on {socket.gethostname()}" in err
+        assert sorted(p.name for p in out.iterdir()) == [".kovocab.lock"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -93,7 +93,7 @@ def test_report_draws_the_sweep_curve(swept: object) -> None:
     html = (report_dir / "report.html").read_text()
     assert "Size sweep" in html
     assert "<title>Korean tokens per sentence by number of new pieces</title>" in html
-    assert html.count("<circle") == len(SIZES)
+    assert html.count("<circle") == len(SIZES) + 1  # and the base at 0 new pieces
     md = (report_dir / "report.md").read_text()
     assert "## Size sweep" in md and "| 1,024 | 33,024 |" in md
 

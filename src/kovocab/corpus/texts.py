@@ -35,11 +35,7 @@ def iter_corpus_texts(
     for path in paths:
         p = Path(path)
         if p.is_dir():
-            if not (p / "manifest.json").is_file():
-                raise InputError(
-                    f"{what}: {p} is a folder without manifest.json; give a `kovocab shard` "
-                    "output folder or the text files themselves"
-                )
+            check_shard_folder(p, what)
             from kovocab.corpus.shards import iter_shard_texts
 
             yield from iter_shard_texts(p, split=split)
@@ -47,6 +43,15 @@ def iter_corpus_texts(
             yield from _iter_file(p, text_field)
         else:
             raise InputError(f"{what}: path not found: {p}")
+
+
+def check_shard_folder(path: Path, what: str) -> None:
+    """A folder input must be a `kovocab shard` output."""
+    if not (path / "manifest.json").is_file():
+        raise InputError(
+            f"{what}: {path} is a folder without manifest.json; give a `kovocab shard` "
+            "output folder or the text files themselves"
+        )
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -241,6 +241,8 @@ def sweep_chart(rows: list[dict[str, Any]]) -> str:
                   f'stroke="#999" stroke-dasharray="4 3"/>',
                   f'<text x="{x0 + pw - 4}" y="{py(base) - 4:.1f}" text-anchor="end" font-size="11">'
                   f"base {base:.1f}</text>"]
+    if base is not None:  # the base itself: 0 new pieces
+        pts.insert(0, (0, base, None))
     line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in pts)
     parts.append(f'<polyline fill="none" stroke="{_color(1)}" stroke-width="2" points="{line}"/>')
     for x, y, cpt in pts:

@@ -148,11 +148,11 @@ def iter_source_documents(
     paths: Iterable[Path], split: str = "train", text_field: str = "text", what: str = "corpus"
 ) -> Iterator[tuple[str, str]]:
     """(source, text) of every document, in the order `iter_corpus_texts` gives the texts."""
-    from kovocab.corpus.texts import iter_corpus_texts
+    from kovocab.corpus.texts import check_shard_folder, iter_corpus_texts
 
     for path in map(Path, paths):
         if path.is_dir():
-            iter_corpus_texts([path], text_field, split, what)  # checks it is a shard folder
+            check_shard_folder(path, what)
             yield from _iter_shard_records(path, split)
         else:
             name = source_of_file(path)
