@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from abc import ABC, abstractmethod
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +187,11 @@ class TokenizersEncoder(Encoder):
         return frozenset(out)
 
 
+@cache
 def _byte_level_decoder() -> dict[str, int]:
     # GPT-2's reversible byte <-> printable-character table (openai/gpt-2 encoder.py).
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    # Cached: it is asked for once per vocabulary entry (150k for Qwen3).
+    keep = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
