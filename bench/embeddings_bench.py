@@ -61,7 +61,7 @@ def write_checkpoint(folder: Path, max_shard_bytes: float) -> None:
     """Random N(0, 0.02) matrices and unit norms in bf16, generated while being written."""
     import torch
 
-    from kovocab.safetensors_io import TensorEntry, write_shard, write_tensor
+    from kovocab.model.safetensors_io import TensorEntry, write_shard, write_tensor
 
     if (folder / ".complete").is_file():
         print(f"reusing {folder}")
@@ -201,7 +201,7 @@ def check_output(src: Path, out: Path, tokenizer: Path) -> dict:
     import torch
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from kovocab.safetensors_io import open_checkpoint, read_tensor
+    from kovocab.model.safetensors_io import open_checkpoint, read_tensor
 
     a, b = open_checkpoint(src), open_checkpoint(out)
     checks = {}

@@ -305,7 +305,7 @@ def step_prepare(check: Check) -> dict[str, Any]:
 
     from kovocab.corpus import ShardConfig, shard_corpus
     from kovocab.corpus.options import SourceConfig
-    from kovocab.expansion import expand_vocab
+    from kovocab.tokenizer.expand import expand_vocab
 
     pr, w = check.profile, check.work
     out: dict[str, Any] = {}
@@ -611,7 +611,7 @@ def step_resize_load_7b(check: Check) -> dict[str, Any]:
     t0 = time.perf_counter()
     out["checkpoint_gb"] = round(_write_big_checkpoint(check, big / "base") / 1e9, 2)
     out["write_s"] = round(time.perf_counter() - t0, 1)
-    from kovocab.embeddings import resize_embeddings
+    from kovocab.model.resize import resize_embeddings
 
     t0 = time.perf_counter()
     resized = resize_embeddings(big / "base", check.facts["tokenizer"], big / "resized")
@@ -629,7 +629,7 @@ def _write_big_checkpoint(check: Check, folder: Path) -> int:
     import torch
     from embeddings_bench import llama_tensors
 
-    from kovocab.safetensors_io import TensorEntry, write_shard, write_tensor
+    from kovocab.model.safetensors_io import TensorEntry, write_shard, write_tensor
 
     folder.mkdir(parents=True)
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": BASE_ROWS,

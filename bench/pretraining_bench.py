@@ -26,7 +26,7 @@ def tiny_model(work: Path, tokenizer: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kovocab.embeddings import resize_embeddings
+    from kovocab.model.resize import resize_embeddings
 
     torch.manual_seed(0)
     base = work / "base"

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/report_bench.py [--rounds 7] [--out runs/bench-report]
 
-Loads every tokenizer through `kovocab.tokenizer_loading` (what the report measures)
+Loads every tokenizer through `kovocab.tokenizer.load` (what the report measures)
 and encodes the 1,000 Korean news dev sentences (and the English side):
 1. one call per line, one thread (the report's `encode_mb_per_s`);
 2. each library's own batch call (sentencepiece and tokenizers use threads; tiktoken
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchdata import DATA, ROOT, news_lines
 
-from kovocab.tokenizer_loading import (
+from kovocab.tokenizer.load import (
     Encoder,
     SentencePieceEncoder,
     TiktokenEncoder,
@@ -96,7 +96,7 @@ def main() -> int:
             rows.append(row)
     results["throughput"] = rows
 
-    from kovocab.report import efficiency_report
+    from kovocab.report.measure import efficiency_report
 
     ko, en = news("ko"), news("en")
     with tempfile.TemporaryDirectory() as tmp:

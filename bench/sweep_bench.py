@@ -47,7 +47,7 @@ def main() -> int:
 
     from kovocab import expand_vocab
     from kovocab.config import load_section, read_recipe
-    from kovocab.expansion import ExpandVocabConfig, _held_out_texts
+    from kovocab.tokenizer.expand import ExpandVocabConfig, _held_out_texts
 
     recipe = load_section(ExpandVocabConfig, read_recipe(args.recipe), "expand_vocab")
     same_data = {"source_weights": recipe.source_weights, "max_sentences": recipe.max_sentences}

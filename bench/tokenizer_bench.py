@@ -9,7 +9,7 @@
 3. Plain vs morpheme-aware (Kiwi) BPE on the same weighted sample (--compare-sentences).
 4. Characters per token and byte-fallback share on KLUE + KoBEST Korean text (never
    trained on), for Llama-2, Mistral v1, Chinese-LLaMA-2, Llama-3 and the expansions.
-   Byte-fallback share is the report's definition (kovocab.tokenizer_loading `byte_ids`):
+   Byte-fallback share is the report's definition (kovocab.tokenizer.load `byte_ids`):
    the share of tokens whose bytes are not whole UTF-8 characters, i.e. `<0xNN>` pieces
    in SentencePiece, and partial-character tokens in byte-level BPE (Llama-3).
 5. Encode throughput (MB/s) of the expanded fast tokenizer against Llama-2's.
@@ -163,9 +163,9 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from kovocab.config import load_section, read_recipe
-    from kovocab.expansion import ExpandVocabConfig, expand_vocab, korean_vocab_size_for
-    from kovocab.source_weights import WeightedCorpus
-    from kovocab.tokenizer_training import sample_sentences
+    from kovocab.tokenizer.expand import ExpandVocabConfig, expand_vocab, korean_vocab_size_for
+    from kovocab.tokenizer.train import sample_sentences
+    from kovocab.tokenizer.weights import WeightedCorpus
 
     recipe = load_section(ExpandVocabConfig, read_recipe(args.recipe), "expand_vocab")
     weights, max_sentences = recipe.source_weights, recipe.max_sentences

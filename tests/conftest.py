@@ -51,7 +51,7 @@ def korean_shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -
 @pytest.fixture(scope="session")
 def expanded_tokenizer(tmp_path_factory: pytest.TempPathFactory, korean_shards: Path) -> Path:
     """A real kovocab tokenizer folder: Llama-2 + 1,024 Korean pieces learned from `korean_shards`."""
-    from kovocab.expansion import expand_vocab
+    from kovocab.tokenizer.expand import expand_vocab
 
     out = tmp_path_factory.mktemp("expanded")
     res = expand_vocab(base=LLAMA2_MODEL, corpus=korean_shards, out_dir=out, target_vocab_size=33024,

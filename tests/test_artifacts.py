@@ -74,7 +74,7 @@ def test_lock_is_released_after_an_exception_and_nests_in_one_process(tmp_path: 
     # A real stage failing inside its lock (a Korean "model" that is not a SentencePiece file).
     bad = tmp_path / "korean.model"
     bad.write_bytes(KOLAW.read_bytes()[:4096])
-    from kovocab.vocab_merge import MergeVocabConfig, merge_vocab
+    from kovocab.tokenizer.merge import MergeVocabConfig, merge_vocab
 
     with pytest.raises(Exception) as failed:
         merge_vocab(MergeVocabConfig(base=DATA / "llama2_tokenizer" / "tokenizer.model", korean_model=bad,

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from kovocab.cli import main
-from kovocab.embeddings import resize_embeddings
 from kovocab.errors import ConfigError, InputError
 from kovocab.evaluation import EvalConfig, evaluate, kobest
 from kovocab.evaluation.loglikelihood import continuation_logprobs
 from kovocab.evaluation.scoring import load_scorer
+from kovocab.model.resize import resize_embeddings
 
 KOBEST = DATA / "kobest"
 ENGLISH_DOCS = [
@@ -299,7 +299,7 @@ def test_metrics_have_the_harness_names_and_acc_norm_only_for_hellaswag() -> Non
 
 
 def test_bos_follows_the_model_hugging_face_tokenizer(base: Path, tmp_path: Path) -> None:
-    from kovocab.tokenizer_export import load_proto, write_hf_tokenizer
+    from kovocab.tokenizer.export import load_proto, write_hf_tokenizer
 
     folder = tmp_path / "m"
     shutil.copytree(base, folder)

@@ -206,3 +206,82 @@ def test_read_only_output_folders_are_clear_errors(tmp_path: Path, capsys) -> No
         err = capsys.readouterr().err
         assert err.startswith(f"kovocab: error: {work}/") and err.rstrip().endswith(
             "cannot write (Read-only file system); make the folder writable or choose another --out")
+
+
+# --- layering: lower packages never import higher ones, and no module imports itself back ------
+
+# Lowest first. A module belongs to the longest prefix that names it; an import of a module
+# whose layer is higher than the importer's fails, as does any cycle between modules.
+LAYERS = [
+    ("kovocab", "kovocab.errors", "kovocab.config", "kovocab.artifacts"),  # the root holds names only
+    ("kovocab.corpus",),
+    ("kovocab.tokenizer",),
+    ("kovocab.report",),  # measures tokenizers: needs tokenizer.load, nothing above
+    ("kovocab.model",),
+    # expand_vocab = train + merge + measure, then the report and (with `model`) the resize:
+    # the one tokenizer module that composes report and model, so it sits above both.
+    ("kovocab.tokenizer.expand",),
+    ("kovocab.evaluation",),  # bits per byte and KoBEST; pretraining scores held-out text with it
+    ("kovocab.pretraining",),
+    ("kovocab.stages",),
+    ("kovocab.run",),
+    ("kovocab.cli", "kovocab.__main__"),
+]
+
+
+def _module_name(path: Path, src: Path) -> str:
+    parts = list(path.relative_to(src).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    best, rank = -1, -1
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, rank = len(name), i
+    assert rank >= 0, f"{module}: in no layer of LAYERS; add it where it belongs"
+    return rank
+
+
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """Every kovocab module `path` imports, at module level or inside functions alike."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1],
+                                 *([base] if base else [])])
+            # `from kovocab.model import resize` imports the module kovocab.model.resize
+            found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+    return {m for m in found if m == "kovocab" or m.startswith("kovocab.")}
+
+
+def test_lower_layers_never_import_higher_ones_and_there_are_no_cycles() -> None:
+    src = ROOT / "src"
+    files = {_module_name(p, src): p for p in sorted((src / "kovocab").rglob("*.py"))}
+    graph = {m: _imports(p, m, set(files)) - {m} for m, p in files.items()}
+    upward = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+              for m, targets in graph.items() for t in sorted(targets) if _layer(t) > _layer(m)]
+    assert not upward, "\n".join(upward)
+    unknown = {t for targets in graph.values() for t in targets} - set(files)
+    assert not unknown, f"imports of modules that do not exist: {sorted(unknown)}"
+    # A cycle would need an import within one layer: search every module's imports for a way back.
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join((*trail, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, (*trail, nxt)))
+    assert not cycles, "\n".join(sorted(set(cycles)))

@@ -126,7 +126,7 @@ def test_deepspeed_json_conflicts_stop_the_launcher_before_any_rank_starts(
     from conftest import LLAMA2_MODEL
 
     from kovocab.cli import main
-    from kovocab.tokenizer_export import load_proto, write_hf_tokenizer
+    from kovocab.tokenizer.export import load_proto, write_hf_tokenizer
 
     model = tmp_path / "model"
     model.mkdir()

@@ -153,7 +153,7 @@ def llama3_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, To
     """Llama-3's tiktoken ranks as a tokenizer.json (transformers' converter), with its two specials."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from kovocab.tokenizer_loading import LLAMA3_PAT_STR
+    from kovocab.tokenizer.load import LLAMA3_PAT_STR
 
     tok = TikTokenConverter(str(DATA / "tokenizers" / "llama3" / "tokenizer.model"),
                             pattern=LLAMA3_PAT_STR).converted()

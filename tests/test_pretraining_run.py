@@ -35,7 +35,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, expanded_tokenizer: Path, ko
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kovocab.embeddings import resize_embeddings
+    from kovocab.model.resize import resize_embeddings
 
     root = tmp_path_factory.mktemp("pretrain")
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL, news_file
 import kovocab
 from kovocab.cli import main
 from kovocab.config import load_section
-from kovocab.report import ReportConfig, efficiency_report
+from kovocab.report.measure import ReportConfig, efficiency_report
 
 TOK = DATA / "tokenizers"
 TOKENIZERS = {
@@ -50,7 +50,8 @@ def report(news: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> A
         "kobest_boolq": f"{DATA / 'kobest' / 'BoolQ' / 'dev.tsv'}:Text",
     }
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("kovocab.report.THROUGHPUT_SECONDS", 0.0)  # one timed pass: tests check values, not speed
+        # one timed pass: tests check values, not speed
+        mp.setattr("kovocab.report.measure.THROUGHPUT_SECONDS", 0.0)
         return kovocab.efficiency_report(
             tokenizers=TOKENIZERS, texts=texts, out_dir=tmp_path_factory.mktemp("report") / "out",
             base="llama2", max_lines=N,
@@ -100,7 +101,7 @@ def test_llama3_counts_agree_with_tiktoken(
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
-    from kovocab.tokenizer_loading import LLAMA3_PAT_STR
+    from kovocab.tokenizer.load import LLAMA3_PAT_STR
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
     enc = tiktoken.Encoding("ref", pat_str=LLAMA3_PAT_STR,
@@ -131,7 +132,7 @@ def test_script_buckets_and_english_identity(report: Any) -> None:
 
 
 def test_bucket_rules() -> None:
-    from kovocab.report_texts import script_bucket
+    from kovocab.report.texts import script_bucket
 
     assert script_bucket(GOLDEN_KO) == "korean"
     assert script_bucket("미 식품의약국(FDA)은 25일 밝혔다.") == "korean"
@@ -161,7 +162,7 @@ def test_output_files(report: Any) -> None:
 
 
 def test_text_formats_and_first_n_lines(tmp_path: Path) -> None:
-    from kovocab.report_texts import read_text_set
+    from kovocab.report.texts import read_text_set
 
     gz = tmp_path / "plain.txt.gz"
     gz.write_bytes(gzip.compress("첫 줄\n\n  둘째 줄  \n셋째 줄\n".encode()))

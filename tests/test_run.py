@@ -117,7 +117,7 @@ def test_run_reports_recipe_mistakes(tmp_path: Path, capsys) -> None:  # type: i
 
 
 def test_stage_order_matches_the_pipeline() -> None:
-    from kovocab.run_stages import STAGE_TABLE
+    from kovocab.stages import STAGE_TABLE
 
     assert [s.name for s in STAGE_TABLE] == [s for s in STAGES if s in {t.name for t in STAGE_TABLE}]
 
@@ -176,9 +176,9 @@ def test_stopped_stage_continues_and_changed_stage_starts_clean(tmp_path: Path) 
 def test_shipped_tokenizer_recipes_build(recipe: Path) -> None:
     """Each section of the tokenizer recipes builds into its stage's config (nothing is run)."""
     from kovocab.config import load_section, read_recipe
-    from kovocab.expansion import ExpandVocabConfig
-    from kovocab.tokenizer_training import TokenizerTrainingConfig
-    from kovocab.vocab_merge import MergeVocabConfig
+    from kovocab.tokenizer.expand import ExpandVocabConfig
+    from kovocab.tokenizer.merge import MergeVocabConfig
+    from kovocab.tokenizer.train import TokenizerTrainingConfig
 
     data = read_recipe(recipe)
     classes = {"expand_vocab": ExpandVocabConfig, "tokenizer_training": TokenizerTrainingConfig,

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,12 @@ from typing import Any
 from kovocab.artifacts import Owned, output_lock, read_manifest, remove_outputs, write_json
 from kovocab.config import load_section, opt, resolve_path, resolve_paths, to_dict
 from kovocab.errors import ConfigError
+from kovocab.stages import STAGE_TABLE, Stage
 
 log = logging.getLogger(__name__)
 
 SECTION = "run"
-STAGES = ("shard", "expand_vocab", "init_model", "resize_embeddings", "pretrain", "report", "eval")
+STAGES = tuple(s.name for s in STAGE_TABLE)  # shard, expand_vocab, init_model, resize_embeddings, ...
 RUN_JSON = "run.json"
 
 
@@ -73,37 +74,6 @@ class RunResult:
         raise KeyError(name)
 
 
-@dataclass(frozen=True)
-class _Stage:
-    """How the runner builds, runs and recognises one stage."""
-
-    name: str
-    cls: type  # the stage's config class, built from the recipe section `name`
-    wire: Callable[[Path, dict[str, Any]], dict[str, Any]]  # (run dir, outputs so far) -> default keys
-    call: Callable[[Any, RunConfig, bool], Any]  # (config, run, continue a stopped run?) -> result
-    outputs: Callable[[Any], dict[str, Any]]  # config -> the paths later stages read
-    summary: Callable[[Any], dict[str, Any]] = lambda result: {}
-    out_dir: Callable[[Any], Path] = lambda cfg: Path(cfg.out_dir)
-    done_file: Callable[[Any], Path] = lambda cfg: Path(cfg.out_dir) / "manifest.json"  # exists once complete
-    build: Callable[[Mapping[str, Any], dict[str, Any]], Any] | None = None  # default: stage_section
-    # (section, folder) -> the section with its relative paths made absolute; default: by cls's types
-    absolutize: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
-    # config -> the artifacts.Owned of its out_dir: what a rerun with another config removes
-    owned: Callable[[Any], Owned] | None = None
-
-    def config(self, data: Mapping[str, Any], section: dict[str, Any]) -> Any:
-        if self.build is not None:
-            return self.build(data, section)
-        return stage_section(data, section, self.cls, self.name)
-
-    def absolute(self, section: Mapping[str, Any], base_dir: Any) -> dict[str, Any]:
-        from kovocab.config import absolutize_section
-
-        if self.absolutize is not None:
-            return self.absolutize(section, base_dir)
-        return absolutize_section(self.cls, section, base_dir)
-
-
 def plan_recipe(
     recipe: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), out_dir: str | Path | None = None,
     stages: Sequence[str] | None = None, force: bool | None = None,
@@ -133,7 +103,7 @@ def run_recipe(
         return _run_plan(cfg, run_dir, plan)
 
 
-def _run_plan(cfg: RunConfig, run_dir: Path, plan: list[tuple[_Stage, Any]]) -> RunResult:
+def _run_plan(cfg: RunConfig, run_dir: Path, plan: list[tuple[Stage, Any]]) -> RunResult:
     state = _read_state(run_dir)
     upstream = ""
     done: list[StageOutcome] = []
@@ -162,7 +132,7 @@ def _run_plan(cfg: RunConfig, run_dir: Path, plan: list[tuple[_Stage, Any]]) -> 
             state["stages"][stage.name] = {"fingerprint": fingerprint, "out_dir": str(out),
                                            "status": "started"}
             write_json(run_dir / RUN_JSON, state)
-            summary = _jsonable(stage.summary(stage.call(stage_cfg, cfg, not fresh)))
+            summary = _jsonable(stage.summary(stage.run(stage_cfg, cfg.nproc_per_node, not fresh)))
         seconds = time.perf_counter() - t0
         state["stages"][stage.name] = {
             "fingerprint": fingerprint, "out_dir": str(out), "status": "complete", "summary": summary,
@@ -177,9 +147,8 @@ def _run_plan(cfg: RunConfig, run_dir: Path, plan: list[tuple[_Stage, Any]]) -> 
 def _plan(
     recipe: str | Path | Mapping[str, Any], overrides: Sequence[str], out_dir: str | Path | None,
     stages: Sequence[str] | None, force: bool | None,
-) -> tuple[RunConfig, Path, list[tuple[_Stage, Any]]]:
+) -> tuple[RunConfig, Path, list[tuple[Stage, Any]]]:
     from kovocab.config import apply_overrides, read_recipe
-    from kovocab.run_stages import STAGE_TABLE
 
     data = read_recipe(recipe) if not isinstance(recipe, Mapping) else dict(recipe)
     data = apply_overrides(data, overrides)
@@ -200,10 +169,10 @@ def _plan(
     run_dir = Path(cfg.out_dir)
     # Outputs follow from configs alone, so every stage is built before anything runs.
     outputs: dict[str, Any] = {}
-    plan: list[tuple[_Stage, Any]] = []
+    plan: list[tuple[Stage, Any]] = []
     problems: list[str] = []
     for stage in STAGE_TABLE:
-        if stage.name not in wanted:
+        if stage.name not in wanted or stage.wire is None:
             continue
         try:
             section = _section(data, stage, stage.wire(run_dir, outputs))
@@ -234,7 +203,7 @@ class _Unbuilt(dict[str, Any]):
         return f"<{self.stage} output>"
 
 
-def _section(data: Mapping[str, Any], stage: _Stage, wired: dict[str, Any]) -> dict[str, Any]:
+def _section(data: Mapping[str, Any], stage: Stage, wired: dict[str, Any]) -> dict[str, Any]:
     """A stage's section: the recipe's keys over the wiring, or, with `from: FILE`, that file's
     section with the connecting paths re-pointed into this run and the keys beside `from:` on top."""
     from kovocab.config import read_recipe
@@ -296,12 +265,6 @@ def _fingerprint(cfg: Any, upstream: str) -> str:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(to_dict(obj), default=str))
-
-
-def stage_section(data: Mapping[str, Any], section: Mapping[str, Any], cls: type, name: str) -> Any:
-    """A stage config from its (wired) section, relative paths taken from the recipe's folder."""
-    cfg: Any = load_section(cls, {name: dict(section)}, name)
-    return resolve_paths(cfg, data.get("_recipe_dir"))
 
 
 def recipe_path(data: Mapping[str, Any], value: str | Path) -> Path:

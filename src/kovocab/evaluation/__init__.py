@@ -129,11 +129,11 @@ def evaluate(cfg: EvalConfig | None = None, *, progress: bool | None = None, **f
 @claims_output(OUTPUTS, "eval.out_dir")
 def _run(cfg: EvalConfig, progress: bool | None) -> EvalResult:
     from kovocab.artifacts import atomic_write_text, write_config, write_json, write_manifest
-    from kovocab.bpb import read_documents
     from kovocab.evaluation import kobest
+    from kovocab.evaluation.bpb import read_documents
     from kovocab.evaluation.scoring import load_scorer
     from kovocab.evaluation.tables import HARNESS_NOTES, render_markdown
-    from kovocab.safetensors_io import safetensors_problems
+    from kovocab.model.safetensors_io import safetensors_problems
 
     start = time.perf_counter()
     problems = [f"eval.{p}" for p in cfg.check()]  # a config built in code skipped `build`

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kovocab.errors import InputError, TokenizerError
-from kovocab.vocab_merge import find_sentencepiece_model
+from kovocab.tokenizer.merge import find_sentencepiece_model
 
 log = logging.getLogger(__name__)
 LOGITS_BUDGET = 1 << 28  # float32 logits per forward pass when scoring whole documents (1 GiB)
@@ -87,8 +87,8 @@ def load_scorer(
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
     from transformers.utils import logging as hf_logging
 
-    from kovocab.embeddings import check_config_vocab
-    from kovocab.safetensors_io import safetensors_problems
+    from kovocab.model.resize import check_config_vocab
+    from kovocab.model.safetensors_io import safetensors_problems
 
     damaged = safetensors_problems(model_dir, what)  # safetensors would stop with a SafetensorError
     if damaged:

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from kovocab.artifacts import Owned, exact
 from kovocab.config import opt
 from kovocab.errors import ConfigError
-from kovocab.safetensors_io import MODEL_FILES
-from kovocab.source_weights import SourceWeight
+from kovocab.model.safetensors_io import MODEL_FILES
+from kovocab.tokenizer.weights import SourceWeight
 
 SECTION = "pretrain"
 Train = Literal["new_embeddings", "embeddings", "all"]

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -28,31 +27,13 @@ from kovocab.pretraining.config import (
     load_pretrain_config,
     outputs,
 )
-from kovocab.pretraining.loop import PretrainResult, pretrain
+from kovocab.pretraining.loop import LAUNCHED, PretrainResult, prepare_data, pretrain
 
 log = logging.getLogger(__name__)
-
-LAUNCHED = "KOVOCAB_PRETRAIN_LAUNCHED"  # set in ranks started by launch_pretrain: the parent reports
-
 
 def load_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> PretrainConfig:
     """The `pretrain:` section of a recipe file, with `section.key=value` overrides applied."""
     return load_pretrain_config(apply_overrides(read_recipe(path), overrides, sections=(SECTION,)))
-
-
-def prepare_data(cfg: PretrainConfig) -> tuple[Any, Any]:
-    """Build (or reuse) the train and replay token stores under `cfg.store_dir`."""
-    from kovocab.pretraining.token_store import TokenStoreConfig, build_token_store
-
-    def store(sources: tuple[Path, ...], name: str, limit: int | None, **weights: Any) -> Any:
-        return build_token_store(TokenStoreConfig(sources=sources, tokenizer=cfg.tokenizer_dir,
-                                                  out_dir=cfg.store_dir / name, max_documents=limit,
-                                                  **weights))
-
-    train = store(cfg.train_data, "train", cfg.max_documents, source_weights=cfg.source_weights,
-                  seed=cfg.seed)
-    replay = store(cfg.replay_data, "replay", cfg.max_documents) if cfg.replay_data else None
-    return train, replay
 
 
 def under_launcher() -> bool:

@@ -45,6 +45,8 @@ from kovocab.pretraining.metrics import (
 
 log = logging.getLogger(__name__)
 
+LAUNCHED = "KOVOCAB_PRETRAIN_LAUNCHED"  # set in ranks started by launch_pretrain: the parent reports
+
 
 class TrainingDiverged(KovocabError):
     """Loss or gradient norm stopped being finite."""
@@ -91,11 +93,24 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             forget_launcher_env()
 
 
+def prepare_data(cfg: PretrainConfig) -> tuple[Any, Any]:
+    """Build (or reuse) the train and replay token stores under `cfg.store_dir`."""
+    from kovocab.pretraining.token_store import TokenStoreConfig, build_token_store
+
+    def store(sources: tuple[Path, ...], name: str, limit: int | None, **weights: Any) -> Any:
+        return build_token_store(TokenStoreConfig(sources=sources, tokenizer=cfg.tokenizer_dir,
+                                                  out_dir=cfg.store_dir / name, max_documents=limit,
+                                                  **weights))
+
+    train = store(cfg.train_data, "train", cfg.max_documents, source_weights=cfg.source_weights,
+                  seed=cfg.seed)
+    replay = store(cfg.replay_data, "replay", cfg.max_documents) if cfg.replay_data else None
+    return train, replay
+
+
 def _out_dir_lock(cfg: PretrainConfig, dist: Dist) -> contextlib.AbstractContextManager[Any]:
     """The lock on out_dir: held by rank 0 of a job started by torchrun, the deepspeed launcher
     or srun; in ranks that `kovocab pretrain` started, the launching process holds it."""
-    from kovocab.pretraining.launch import LAUNCHED
-
     if not dist.is_main or os.environ.get(LAUNCHED):
         return contextlib.nullcontext()
     return claim_output(cfg.out_dir, outputs(cfg), f"{SECTION}.out_dir")
@@ -105,7 +120,6 @@ def open_stores(cfg: PretrainConfig, dist: Dist) -> tuple[Any, Any]:
     """Train (and replay) token stores: built or reused by rank 0, opened by the others after it."""
     import torch.distributed as tdist
 
-    from kovocab.pretraining.launch import prepare_data
     from kovocab.pretraining.token_store import TokenStore
 
     if dist.is_main:

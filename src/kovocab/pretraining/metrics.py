@@ -1,7 +1,7 @@
 """What a run reports: `metrics.jsonl` (one object per step, rank 0), held-out bits per byte, MFU
 and the plain progress line rank 0 logs every `log_every` steps.
 
-bits/byte = NLL in bits over UTF-8 bytes (kovocab.bpb), so Korean and English figures
+bits/byte = NLL in bits over UTF-8 bytes (kovocab.evaluation.bpb), so Korean and English figures
 compare across tokenizers and with the base model. Under ZeRO-3 every forward gathers
 parameters collectively, so every rank scores the same documents in the same order.
 """
@@ -62,7 +62,7 @@ def load_held_out(name: str, paths: Sequence[Path], limit: int, key: str) -> Hel
     """Up to `limit` documents (shard folders: eval split); None without paths."""
     if not paths:
         return None
-    from kovocab.bpb import read_documents
+    from kovocab.evaluation.bpb import read_documents
 
     docs = read_documents(list(paths), limit, what=key)
     return HeldOut(name, tuple(docs), sum(len(d.encode("utf-8")) for d in docs))
@@ -79,7 +79,7 @@ def bits_per_byte(model: Any, tokenizer_dir: Path, held: HeldOut, window: int, d
     import sentencepiece as spm
 
     from kovocab.evaluation.scoring import score_batch, score_long
-    from kovocab.vocab_merge import find_sentencepiece_model
+    from kovocab.tokenizer.merge import find_sentencepiece_model
 
     model_file = find_sentencepiece_model(tokenizer_dir, "pretrain.tokenizer")
     sp = spm.SentencePieceProcessor(model_file=str(model_file))

@@ -37,7 +37,7 @@ from kovocab.artifacts import (
 from kovocab.config import opt
 from kovocab.errors import ConfigError, InputError, TokenizerError
 from kovocab.pretraining.tokenizer_info import TokenizerInfo, read_tokenizer
-from kovocab.source_weights import WEIGHTS_DOC, SourceWeight, WeightedCorpus
+from kovocab.tokenizer.weights import WEIGHTS_DOC, SourceWeight, WeightedCorpus
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ def worker(rank: int, port: int, out: Path, data: Path) -> None:
 
     # DeepSpeed would JIT-compile its shared-memory allreduce (~80 s, into ~/.cache); gloo needs none.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    from kovocab.embedding_init import _gathered
-    from kovocab.embeddings import resize_model_embeddings
+    from kovocab.model.resize import resize_model_embeddings
+    from kovocab.model.row_init import _gathered
 
     ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
     keep = HfDeepSpeedConfig(ds)  # noqa: F841 - transformers sees ZeRO-3 while this lives
@@ -77,7 +77,7 @@ def test_zero3_resize_gathers_and_initialises(tmp_path: Path, shared_data: Path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert r0["rows"] == r0["vocab"] == 55296
     import sentencepiece as spm
-    from test_embeddings import expected_rows
+    from test_model_resize import expected_rows
 
     sp = spm.SentencePieceProcessor(model_file=str(shared_data / EXPANDED / "tokenizer.model"))
     pieces = [sp.id_to_piece(i) for i in range(32000, 55296)]

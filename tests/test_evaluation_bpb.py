@@ -14,13 +14,13 @@ import sentencepiece as spm
 import torch
 from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL
 from sentencepiece import sentencepiece_model_pb2 as pb
-from test_embeddings import CHINESE, ENGLISH, tiny_llama
+from test_model_resize import CHINESE, ENGLISH, tiny_llama
 from transformers import AutoModelForCausalLM
 
-from kovocab.bpb import bits_per_byte
 from kovocab.cli import main
-from kovocab.embeddings import resize_embeddings
 from kovocab.errors import TokenizerError
+from kovocab.evaluation.bpb import bits_per_byte
+from kovocab.model.resize import resize_embeddings
 
 DOCS = [ENGLISH, GOLDEN_KO, "中国的天气很好，我们去公园吧。", "Short."]
 

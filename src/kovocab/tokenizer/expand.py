@@ -20,33 +20,35 @@ from typing import Any, Literal
 
 from kovocab.artifacts import Owned, claims_output, exact
 from kovocab.config import opt
-from kovocab.source_weights import WEIGHTS_DOC, SourceWeight
-from kovocab.tokenizer_export import load_proto
-from kovocab.tokenizer_training import (
-    TokenizerTrainingConfig,
-    TrainResult,
-    iter_corpus_texts,
-    train_tokenizer,
-)
-from kovocab.vocab_merge import (
+from kovocab.corpus.texts import iter_corpus_texts
+from kovocab.tokenizer.export import load_proto
+from kovocab.tokenizer.merge import (
     MergeResult,
     MergeVocabConfig,
     check_target_size,
     find_sentencepiece_model,
     merge_vocab,
 )
+from kovocab.tokenizer.train import (
+    TokenizerTrainingConfig,
+    TrainResult,
+    train_tokenizer,
+)
+from kovocab.tokenizer.weights import WEIGHTS_DOC, SourceWeight
 
 log = logging.getLogger(__name__)
 
 
 def _owned() -> Owned:
     """What expand-vocab writes in out_dir: each sub-stage's folder, as that stage owns it."""
-    from kovocab import embeddings, report, tokenizer_training, vocab_merge
+    from kovocab.model import resize
+    from kovocab.report import measure
+    from kovocab.tokenizer import merge, train
 
-    sweep = Owned("expand_vocab", files=exact("sweep.json"), dirs={r"\d+": vocab_merge.OUTPUTS})
+    sweep = Owned("expand_vocab", files=exact("sweep.json"), dirs={r"\d+": merge.OUTPUTS})
     return Owned("expand_vocab", files=exact(HELD_OUT_FILE),
-                 dirs={"korean_bpe": tokenizer_training.OUTPUTS, "tokenizer": vocab_merge.OUTPUTS,
-                       "report": report.OUTPUTS, "model": embeddings.OUTPUTS, "sweep": sweep})
+                 dirs={"korean_bpe": train.OUTPUTS, "tokenizer": merge.OUTPUTS,
+                       "report": measure.OUTPUTS, "model": resize.OUTPUTS, "sweep": sweep})
 
 
 HELD_OUT_FILE = "held_out_korean.txt"  # the report's held-out lines, beside report/ (not in it)
@@ -152,7 +154,7 @@ def expand_vocab(
     base_size = len(load_proto(base_model).pieces)
     check_target_size(target_vocab_size, base_size, "expand_vocab.target_vocab_size")  # before training
     if model is not None:  # a broken checkpoint fails now, not after the tokenizer work
-        from kovocab.embeddings import check_model_folder
+        from kovocab.model.resize import check_model_folder
 
         check_model_folder(model, "expand_vocab.model", base_rows=base_size)
     if korean_vocab_size is None:
@@ -293,7 +295,7 @@ def sweep_sizes(
 
 def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> ExpandResult:
     """Write the efficiency report (base vs expanded) on the held-out lines."""
-    from kovocab.report import efficiency_report
+    from kovocab.report.measure import efficiency_report
 
     if not texts:
         return result
@@ -313,7 +315,7 @@ def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> Ex
 
 
 def _with_model(result: ExpandResult, model: str | Path, base_model: Path) -> ExpandResult:
-    from kovocab.embeddings import resize_embeddings
+    from kovocab.model.resize import resize_embeddings
 
     resized = resize_embeddings(
         model_dir=model,

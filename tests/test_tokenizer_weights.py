@@ -13,7 +13,7 @@ from conftest import DATA, ROOT
 from kovocab.cli import main
 from kovocab.config import load_section, read_recipe
 from kovocab.errors import ConfigError, InputError
-from kovocab.source_weights import SourceWeight, WeightedCorpus, count_sources
+from kovocab.tokenizer.weights import SourceWeight, WeightedCorpus, count_sources
 
 FORMAL = DATA / "korean_formal"
 
@@ -129,7 +129,7 @@ def test_unknown_source_name_is_an_error_naming_the_known_sources(
 
 
 def test_config_builds_weights_and_reports_bad_values() -> None:
-    from kovocab.expansion import ExpandVocabConfig
+    from kovocab.tokenizer.expand import ExpandVocabConfig
 
     section = {"base": "b", "corpus": ["c"], "out_dir": "o",
                "source_weights": {"nsmc": {"max_share": 0.4}, "ko_laws_legalize": {"weight": 0.1}}}
@@ -148,7 +148,7 @@ def test_config_builds_weights_and_reports_bad_values() -> None:
 def test_default_tokenizer_recipe_weights_name_sources_of_its_corpus_recipe() -> None:
     """tokenizers/llama2_ko_46k.yaml weights the sources of corpora/korean_mix.yaml, by their names."""
     from kovocab.corpus import load_shard_config
-    from kovocab.expansion import ExpandVocabConfig
+    from kovocab.tokenizer.expand import ExpandVocabConfig
 
     tok = read_recipe(ROOT / "tokenizers" / "llama2_ko_46k.yaml")
     cfg = load_section(ExpandVocabConfig, tok, "expand_vocab")
@@ -161,7 +161,7 @@ def test_default_tokenizer_recipe_weights_name_sources_of_its_corpus_recipe() ->
 
 
 def test_train_tokenizer_samples_by_weight_and_records_it(mixed_shards: Path, tmp_path: Path) -> None:
-    from kovocab.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+    from kovocab.tokenizer.train import TokenizerTrainingConfig, train_tokenizer
 
     weights = {"kolaw": SourceWeight(weight=0), "kornlu": SourceWeight(weight=0.5)}
     res = train_tokenizer(TokenizerTrainingConfig(corpus=(mixed_shards,), out_dir=tmp_path / "w",

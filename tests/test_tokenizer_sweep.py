@@ -13,7 +13,7 @@ SIZES = (256, 512, 1024)
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, korean_shards: Path) -> object:
-    from kovocab.expansion import expand_vocab
+    from kovocab.tokenizer.expand import expand_vocab
 
     out = tmp_path_factory.mktemp("sweep")
     return expand_vocab(base=LLAMA2_MODEL, corpus=korean_shards, out_dir=out, target_vocab_size=32768,
@@ -21,7 +21,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, korean_shards: Path) -> obje
 
 
 def _held_out(korean_shards: Path) -> list[str]:
-    from kovocab.expansion import _held_out_texts
+    from kovocab.tokenizer.expand import _held_out_texts
 
     return _held_out_texts((korean_shards,), None)
 
@@ -29,7 +29,7 @@ def _held_out(korean_shards: Path) -> list[str]:
 def test_sweep_gives_one_valid_tokenizer_per_size(swept: object) -> None:
     import sentencepiece as spm
 
-    from kovocab.tokenizer_export import load_proto
+    from kovocab.tokenizer.export import load_proto
 
     rows = swept.sweep  # type: ignore[attr-defined]
     assert [r["new_pieces"] for r in rows] == list(SIZES)
@@ -51,7 +51,7 @@ def test_sweep_gives_one_valid_tokenizer_per_size(swept: object) -> None:
 
 
 def test_sweep_cuts_are_prefixes_and_tokens_fall_with_size(swept: object) -> None:
-    from kovocab.tokenizer_export import load_proto
+    from kovocab.tokenizer.export import load_proto
 
     rows = swept.sweep  # type: ignore[attr-defined]
     largest = [p.piece for p in load_proto(Path(rows[-1]["tokenizer"]) / "tokenizer.model").pieces[32000:]]
@@ -73,7 +73,7 @@ def test_cut_equals_a_direct_expansion(swept: object, korean_shards: Path, tmp_p
     of held-out sentences identical at all five default sizes)."""
     import sentencepiece as spm
 
-    from kovocab.expansion import expand_vocab
+    from kovocab.tokenizer.expand import expand_vocab
 
     row = swept.sweep[1]  # type: ignore[attr-defined]
     direct = expand_vocab(base=LLAMA2_MODEL, corpus=korean_shards, out_dir=tmp_path / "direct",
@@ -102,7 +102,7 @@ def test_sweep_key_and_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     from kovocab.cli import main
     from kovocab.config import load_section
     from kovocab.errors import ConfigError
-    from kovocab.expansion import ExpandVocabConfig
+    from kovocab.tokenizer.expand import ExpandVocabConfig
 
     cfg = load_section(ExpandVocabConfig, {"expand_vocab": {"base": "b", "corpus": ["c"], "out_dir": "o",
                                                             "sweep": [4096, 8192]}}, "expand_vocab")
@@ -115,8 +115,8 @@ def test_sweep_key_and_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_report_without_english_lines_says_so_and_reads_xz_references(tmp_path: Path) -> None:
-    from kovocab.report import ReportConfig, TextSpec, TokenizerSpec, run_report
-    from kovocab.report_html import render_summary
+    from kovocab.report.html import render_summary
+    from kovocab.report.measure import ReportConfig, TextSpec, TokenizerSpec, run_report
 
     korean = tmp_path / "ko.txt"
     korean.write_text(GOLDEN_KO + "\n오늘은 비가 옵니다.\n", encoding="utf-8")
@@ -138,7 +138,7 @@ def test_report_without_english_lines_says_so_and_reads_xz_references(tmp_path: 
 
 
 def test_report_extra_texts_add_an_english_set(tmp_path: Path) -> None:
-    from kovocab.report import ReportConfig, TextSpec, TokenizerSpec, run_report
+    from kovocab.report.measure import ReportConfig, TextSpec, TokenizerSpec, run_report
 
     english = tmp_path / "en.txt"
     english.write_text("\n".join(news_lines("en")[:50]) + "\n", encoding="utf-8")

@@ -180,7 +180,7 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
         raise InputError(
             f"{d}: has PyTorch .bin weights but no safetensors; resave it once with "
             "`AutoModelForCausalLM.from_pretrained(d).save_pretrained(d)` (safetensors is the default), "
-            "or resize a loaded model with kovocab.embeddings.resize_model_embeddings"
+            "or resize a loaded model with kovocab.model.resize.resize_model_embeddings"
         )
     raise InputError(f"{d}: no {SINGLE} or {INDEX}; give a model folder with safetensors weights")
 

@@ -1,8 +1,8 @@
 """Merge Korean BPE pieces into a base SentencePiece BPE vocabulary (Llama-2's 32k).
 
 Inputs: the base `tokenizer.model` (or a tokenizer/model folder holding one) and a
-Korean SentencePiece BPE model from `tokenizer_training`. Output: a Hugging Face
-tokenizer folder (see `tokenizer_export`) plus `new_pieces.tsv`, `config.yaml` and
+Korean SentencePiece BPE model from `tokenizer.train`. Output: a Hugging Face
+tokenizer folder (see `tokenizer.export`) plus `new_pieces.tsv`, `config.yaml` and
 `manifest.json`. Base pieces keep ids, strings, scores and types; new pieces are
 appended. Compare Chinese-LLaMA's merge_tokenizers.py, which appends with score 0.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from kovocab.artifacts import Owned, atomic_write_text, claims_output, exact, write_config, write_manifest
 from kovocab.config import opt
 from kovocab.errors import TokenizerError
-from kovocab.tokenizer_export import (
+from kovocab.tokenizer.export import (
     BYTE,
     NORMAL,
     SPACE,

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kovocab.errors import TokenizerError
-from kovocab.tokenizer_loading import LLAMA3_PAT_STR, Encoder, load_tokenizer, render_bytes
+from kovocab.tokenizer.load import LLAMA3_PAT_STR, Encoder, load_tokenizer, render_bytes
 
 TOK = DATA / "tokenizers"
 LLAMA3 = TOK / "llama3" / "tokenizer.model"

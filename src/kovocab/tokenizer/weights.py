@@ -148,7 +148,7 @@ def iter_source_documents(
     paths: Iterable[Path], split: str = "train", text_field: str = "text", what: str = "corpus"
 ) -> Iterator[tuple[str, str]]:
     """(source, text) of every document, in the order `iter_corpus_texts` gives the texts."""
-    from kovocab.tokenizer_training import check_shard_folder, iter_corpus_texts
+    from kovocab.corpus.texts import check_shard_folder, iter_corpus_texts
 
     for path in map(Path, paths):
         if path.is_dir():

@@ -1,7 +1,7 @@
 """Tokenization-efficiency report: tokenizers × text sets -> report.json, report.md, report.html.
 
-Inputs: tokenizers (anything `tokenizer_loading` reads) and text sets (see
-`report_texts`). Figures per tokenizer × set × script bucket (korean, english, mixed);
+Inputs: tokenizers (anything `tokenizer.load` reads) and text sets (see
+`report.texts`). Figures per tokenizer × set × script bucket (korean, english, mixed);
 fertility and the multi-token word share follow Rust et al. 2021, "How Good is Your
 Tokenizer?" (arXiv:2012.15613). Outputs also carry config.yaml and manifest.json.
 """
@@ -27,10 +27,10 @@ from kovocab.artifacts import (
 )
 from kovocab.config import build, opt
 from kovocab.errors import ConfigError, InputError, KovocabError
-from kovocab.tokenizer_loading import Encoder, load_tokenizer
+from kovocab.tokenizer.load import Encoder, load_tokenizer
 
 if TYPE_CHECKING:  # numpy and the text readers load with the stage, not with `kovocab --help`
-    from kovocab.report_texts import TextSet
+    from kovocab.report.texts import TextSet
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def efficiency_report(
 @claims_output(OUTPUTS, "report.out_dir")
 def run_report(cfg: ReportConfig, sweep: Sequence[Mapping[str, Any]] = ()) -> ReportResult:
     """Measure every tokenizer on every text set and write the report files."""
-    from kovocab.report_html import render_html, render_markdown
+    from kovocab.report.html import render_html, render_markdown
 
     encoders, sets = _load_inputs(cfg)
     figures = measure(encoders, sets, cfg.base_name, cfg.examples or DEFAULT_EXAMPLES)
@@ -194,7 +194,7 @@ def _read_sweep(path: Path | None) -> list[dict[str, Any]]:
 
 def _load_inputs(cfg: ReportConfig) -> tuple[dict[str, Encoder], list[TextSet]]:
     """Load every tokenizer and text set, reporting all unreadable inputs at once."""
-    from kovocab.report_texts import read_text_set
+    from kovocab.report.texts import read_text_set
 
     problems: list[str] = []
     encoders: dict[str, Encoder] = {}
@@ -228,7 +228,7 @@ def measure(
     """All figures: per tokenizer × set × bucket metrics, English-vs-base identity, examples."""
     import numpy as np
 
-    from kovocab.report_texts import BUCKETS
+    from kovocab.report.texts import BUCKETS
 
     results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in encoders}
     english: dict[str, dict[str, Any]] = {name: {"lines": 0, "identical_lines": 0} for name in encoders}
@@ -272,7 +272,7 @@ def _per_line(enc: Encoder, ts: TextSet) -> dict[str, Any]:
     """Per-line counts for one tokenizer: tokens, multi-token words, byte/unk tokens, round trip."""
     import numpy as np
 
-    from kovocab.report_texts import multi_token_words
+    from kovocab.report.texts import multi_token_words
 
     n = len(ts.lines)
     tokens, multi, byte_tok, unk, exact = (np.zeros(n, np.int64) for _ in range(5))

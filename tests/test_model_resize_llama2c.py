@@ -17,7 +17,7 @@ from conftest import DATA, LLAMA2_MODEL
 from sentencepiece import sentencepiece_model_pb2 as pb
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from kovocab.embeddings import resize_embeddings
+from kovocab.model.resize import resize_embeddings
 
 BIN = DATA / "llama2c_stories260K" / "stories260K.bin"
 

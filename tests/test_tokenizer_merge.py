@@ -19,19 +19,19 @@ from tokenizers import Tokenizer
 
 from kovocab.cli import main
 from kovocab.errors import InputError, KovocabError, TokenizerError
-from kovocab.tokenizer_export import load_proto
-from kovocab.tokenizer_training import (
-    DELIMITER,
-    TokenizerTrainingConfig,
-    mark_morphemes,
-    train_tokenizer,
-)
-from kovocab.vocab_merge import (
+from kovocab.tokenizer.export import load_proto
+from kovocab.tokenizer.merge import (
     MergeVocabConfig,
     append_pieces,
     merge_vocab,
     select_pieces,
     unreachable_pieces,
+)
+from kovocab.tokenizer.train import (
+    DELIMITER,
+    TokenizerTrainingConfig,
+    mark_morphemes,
+    train_tokenizer,
 )
 
 TARGET = 38016  # 32000 + 6016 new pieces: enough for a 1.8 MB corpus, a multiple of 64
@@ -284,7 +284,7 @@ def test_jsonl_records_without_text_are_skipped_and_counted(
     # Issue 12.4: null, lists and dicts became the sentences "None" and "['...']".
     import json
 
-    from kovocab.tokenizer_training import iter_corpus_texts
+    from kovocab.corpus.texts import iter_corpus_texts
 
     records = [json.loads(line) for f in NOVELS[:4] for line in f.read_text(encoding="utf-8").splitlines()]
     clean = tmp_path / "clean.jsonl"
@@ -316,7 +316,7 @@ def test_jsonl_records_without_text_are_skipped_and_counted(
 
 def test_jsonl_lines_that_are_no_records_are_refused_at_their_line(tmp_path: Path) -> None:
     # Issue 12.4: a bare JSON string crashed with TypeError; JSON errors named the next line.
-    from kovocab.tokenizer_training import iter_corpus_texts
+    from kovocab.corpus.texts import iter_corpus_texts
 
     path = tmp_path / "x.jsonl"
     for second, message in [('"안녕하세요"', r"x.jsonl:2: a JSON string, not an object with a 'text' field"),

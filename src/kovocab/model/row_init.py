@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kovocab.errors import TokenizerError
-from kovocab.tokenizer_export import BYTE, NORMAL, SPACE, USER_DEFINED, load_proto
-from kovocab.vocab_merge import find_sentencepiece_model
+from kovocab.tokenizer.export import BYTE, NORMAL, SPACE, USER_DEFINED, load_proto
+from kovocab.tokenizer.merge import find_sentencepiece_model
 
 if TYPE_CHECKING:
     import torch

@@ -3,7 +3,7 @@
 Inputs: a Hugging Face checkpoint folder (safetensors) or a live model, and the expanded
 tokenizer. Output folder: the checkpoint with both matrices grown (only the shards
 holding them are rewritten, the rest hardlinked), `config.json` with the new
-`vocab_size`, the tokenizer, `config.yaml` and `manifest.json`. Rows: `embedding_init`.
+`vocab_size`, the tokenizer, `config.yaml` and `manifest.json`. Rows: `model.row_init`.
 An earlier kovocab output in the folder is replaced whole (no stale shard, index or
 `pytorch_model.bin` stays beside the new model); a folder holding files kovocab did not
 write (another model's weights among them) is refused and left as it is.
@@ -29,10 +29,10 @@ from kovocab.artifacts import (
     write_manifest,
 )
 from kovocab.config import opt
-from kovocab.embedding_init import Init, RowPlan, init_rows, plan_rows
-from kovocab.embedding_init import resize_model_embeddings as resize_model_embeddings  # the in-memory path
 from kovocab.errors import ConfigError, InputError, TokenizerError
-from kovocab.safetensors_io import (
+from kovocab.model.row_init import Init, RowPlan, init_rows, plan_rows
+from kovocab.model.row_init import resize_model_embeddings as resize_model_embeddings  # the in-memory path
+from kovocab.model.safetensors_io import (
     INDEX,
     MODEL_FILES,
     SINGLE,
@@ -43,8 +43,8 @@ from kovocab.safetensors_io import (
     read_tensor,
     rewrite_shard,
 )
-from kovocab.tokenizer_export import load_proto, write_hf_tokenizer
-from kovocab.vocab_merge import find_sentencepiece_model
+from kovocab.tokenizer.export import load_proto, write_hf_tokenizer
+from kovocab.tokenizer.merge import find_sentencepiece_model
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ class BpbResult:
 
 def read_documents(paths: Sequence[Path], limit: int, what: str = "bpb.texts") -> list[str]:
     """Up to `limit` non-empty documents, in order; shard folders give their eval split."""
-    from kovocab.tokenizer_training import iter_corpus_texts
+    from kovocab.corpus.texts import iter_corpus_texts
 
     out = []
     for doc in iter_corpus_texts(paths, split="eval", what=what):
@@ -92,7 +92,7 @@ def read_documents(paths: Sequence[Path], limit: int, what: str = "bpb.texts") -
 
 def compare_bits_per_byte(cfg: BpbConfig) -> list[BpbResult]:
     """Score the same documents under every (model, tokenizer) pair of `cfg`."""
-    from kovocab.safetensors_io import safetensors_problems
+    from kovocab.model.safetensors_io import safetensors_problems
 
     # Every model is checked before the first is scored: a truncated download stops now.
     damaged = [p for m in cfg.models if Path(m).is_dir() for p in safetensors_problems(m, "bpb.models")]

@@ -17,9 +17,9 @@ from typing import Any
 from kovocab.artifacts import Owned, claim_output, remove_outputs, write_config, write_manifest
 from kovocab.config import opt
 from kovocab.errors import ConfigError, require
-from kovocab.safetensors_io import MODEL_FILES
-from kovocab.tokenizer_export import load_proto, write_hf_tokenizer
-from kovocab.vocab_merge import find_sentencepiece_model
+from kovocab.model.safetensors_io import MODEL_FILES
+from kovocab.tokenizer.export import load_proto, write_hf_tokenizer
+from kovocab.tokenizer.merge import find_sentencepiece_model
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from kovocab.cli import main
-from kovocab.embeddings import ResizeResult, resize_embeddings, resize_model_embeddings
 from kovocab.errors import ConfigError, InputError, KovocabError, TokenizerError
-from kovocab.safetensors_io import open_checkpoint, read_header
-from kovocab.tokenizer_export import write_hf_tokenizer
-from kovocab.vocab_merge import append_pieces
+from kovocab.model.resize import ResizeResult, resize_embeddings, resize_model_embeddings
+from kovocab.model.safetensors_io import open_checkpoint, read_header
+from kovocab.tokenizer.export import write_hf_tokenizer
+from kovocab.tokenizer.merge import append_pieces
 
 CHINESE = DATA / "tokenizers" / "chinese_llama2_expanded"
 MISTRAL = DATA / "tokenizers" / "mistral_v1" / "tokenizer.model.v1"
@@ -289,8 +289,8 @@ def test_cli_resize_embeddings(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_real_merge_output_golden_sentence(tmp_path: Path) -> None:
     """The contract with the merge stage: its tokenizer folder in, Korean rows out."""
-    from kovocab.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
-    from kovocab.vocab_merge import MergeVocabConfig, merge_vocab
+    from kovocab.tokenizer.merge import MergeVocabConfig, merge_vocab
+    from kovocab.tokenizer.train import TokenizerTrainingConfig, train_tokenizer
 
     corpus = (DATA / "konlpy_corpus" / "kolaw" / "constitution.txt",
               *sorted((DATA / "koconovel" / "text").glob("1*.jsonl")))
