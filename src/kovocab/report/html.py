@@ -248,10 +248,11 @@ def sweep_chart(rows: list[dict[str, Any]]) -> str:
     for x, y, cpt in pts:
         bottom = y0 + ph
         label = f"{y:.1f}" + (f" ({cpt:.2f} c/t)" if cpt is not None else "")
-        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{_color(1)}"/>',
-                  f'<text x="{px(x):.1f}" y="{py(y) - 8:.1f}" text-anchor="middle" font-size="11">'
-                  f"{escape(label)}</text>",
-                  f'<line x1="{px(x):.1f}" y1="{bottom}" x2="{px(x):.1f}" y2="{bottom + 4}" stroke="#888"/>',
+        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{_color(1)}"/>')
+        if x > 0:  # the base point is labelled by its dashed line; a label here would hit the axis's
+            parts.append(f'<text x="{px(x):.1f}" y="{py(y) - 8:.1f}" text-anchor="middle" font-size="11">'
+                         f"{escape(label)}</text>")
+        parts += [f'<line x1="{px(x):.1f}" y1="{bottom}" x2="{px(x):.1f}" y2="{bottom + 4}" stroke="#888"/>',
                   f'<text x="{px(x):.1f}" y="{bottom + 17}" text-anchor="middle" font-size="11">{x:,}</text>']
     parts += [f'<text x="{x0 + pw / 2}" y="{y0 + ph + 36}" text-anchor="middle" font-size="12">'
               "new pieces appended to the base (labels: Korean tokens per sentence, chars per token)</text>",
