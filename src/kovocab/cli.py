@@ -2,8 +2,9 @@
 
 The parser is built from the stage registry (`kovocab.stages`): each stage's own flags,
 `--key-with-dashes` for every other plain key of its config and, in `--help`, every key
-of its section with its default and meaning. Heavy libraries are imported inside the stage modules, never here, so
-`kovocab --help` is instant. `main(argv)` returns an exit code so tests call it directly.
+of its section with its default and meaning. Heavy libraries are imported inside the
+stage modules, never here, so `kovocab --help` is instant. `main(argv)` returns an exit
+code so tests call it directly.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _add_stage(sub: Any, stage: Stage) -> None:
     hints = typing.get_type_hints(stage.cls)
     fields = [f for f in dataclasses.fields(stage.cls) if f.init]
     docs = {f.name: f.metadata.get("doc", "") for f in fields}
-    keyed = [(_argument(p, flag, hints, docs).dest, flag) for flag in stage.flags]
+    dest_flags = [(_argument(p, flag, hints, docs).dest, flag) for flag in stage.flags]
     _common(p)
     keys = p.add_argument_group(f"{stage.name} keys", "the recipe section's keys; each overrides it")
     for f in fields:
@@ -94,9 +95,9 @@ def _add_stage(sub: Any, stage: Stage) -> None:
         taken = name in p._option_string_actions or f.name in {a.dest for a in p._actions}
         if tp is not None and not taken and f.name not in {flag.key for flag in stage.flags}:
             flag = Flag(name, f.name, many=many)
-            keyed.append((_argument(keys, flag, hints, docs).dest, flag))
+            dest_flags.append((_argument(keys, flag, hints, docs).dest, flag))
     # config_section: the one section `--set` may change
-    p.set_defaults(func=lambda args: _run_stage(stage, keyed, args), config_section=stage.name)
+    p.set_defaults(func=lambda args: _run_stage(stage, dest_flags, args), config_section=stage.name)
 
 
 def _recipe_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,13 +131,13 @@ def _absolute(value: Any) -> Any:
     return tuple(_absolute(v) for v in value) if isinstance(value, tuple) else value
 
 
-def _run_stage(stage: Stage, keyed: Sequence[tuple[str, Flag]], args: argparse.Namespace) -> int:
+def _run_stage(stage: Stage, dest_flags: Sequence[tuple[str, Flag]], args: argparse.Namespace) -> int:
     """Recipe section + --set overrides + explicit flags -> the stage's config; run; print."""
     data = _recipe_data(args)
     section = dict(data.get(stage.name) or {})
     if stage.from_args is not None:
         section = stage.from_args(section, args)
-    for dest, flag in keyed:
+    for dest, flag in dest_flags:
         value = getattr(args, dest) if flag.key else None
         if isinstance(value, list) and (flag.many or not flag.name.startswith("-")):
             value = tuple(value)  # repeated or positional; a list from a `type` (eval --tasks none) stays

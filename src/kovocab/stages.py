@@ -303,7 +303,7 @@ def _pretrain_call(cfg: Any, nproc_per_node: int, resume: bool) -> Any:
 
 def _pretrain_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
     from kovocab.pretraining.config import check_paths
-    from kovocab.pretraining.launch import LAUNCHED, launch_pretrain, prepare_data
+    from kovocab.pretraining.launch import LAUNCHED, launch_pretrain, prepare_data, summary_lines
 
     if args.prepare_data_only:
         check_paths(cfg)
@@ -313,9 +313,7 @@ def _pretrain_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
     res = launch_pretrain(cfg, args.nproc_per_node, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0 or LAUNCHED in os.environ:
         return []
-    loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
-    return [f"pretrained {res.steps} steps (final loss {loss}): {res.export_dir}",
-            f"  metrics: {res.metrics}\n  checkpoints: {res.checkpoints}"]
+    return summary_lines(cfg, res)
 
 
 def _pretrain_section(section: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
