@@ -80,7 +80,7 @@ def test_every_plain_config_key_is_a_flag(tmp_path: Path, capsys) -> None:  # ty
     assert "--sources" not in sub.choices["shard"]._option_string_actions  # entries: recipe only
     args = parser.parse_args(["train-tokenizer", "c.txt", "--vocab-size", "300", "--no-split-digits"])
     assert (args.vocab_size, args.split_digits, args.corpus) == (300, False, [Path("c.txt")])
-    assert parser.parse_args(["bpb", "--model", "a", "--model", "b"]).models == [Path("a"), Path("b")]
+    assert parser.parse_args(["bpb", "--model", "a", "--model", "b"]).model == [Path("a"), Path("b")]
     assert main(["pretrain", "--precision", "fp64"]) == 2  # a Literal key: its choices
     assert "invalid choice" in capsys.readouterr().err
     assert main(["init-model", "--tokenizer", str(LLAMA2_MODEL), "--out", str(tmp_path / "m"),
