@@ -89,12 +89,14 @@ def _add_stage(sub: Any, stage: Stage) -> None:
     docs = {f.name: f.metadata.get("doc", "") for f in fields}
     dest_flags = [(_argument(p, flag, hints, docs).dest, flag) for flag in stage.flags]
     _common(p)
-    keys = p.add_argument_group(f"{stage.name} keys", "the recipe section's keys; each overrides it")
+    keys = p.add_argument_group(f"{stage.name} keys",
+                                "every other key of the section as a flag, overriding the recipe "
+                                "(what each key means: the list at the end)")
     for f in fields:
         name, (tp, many) = "--" + f.name.replace("_", "-"), _value_type(hints[f.name])
         taken = name in p._option_string_actions or f.name in {a.dest for a in p._actions}
         if tp is not None and not taken and f.name not in {flag.key for flag in stage.flags}:
-            flag = Flag(name, f.name, many=many)
+            flag = Flag(name, f.name, many=many, help="")  # its doc is in the key list (epilog) once
             dest_flags.append((_argument(keys, flag, hints, docs).dest, flag))
     # config_section: the one section `--set` may change
     p.set_defaults(func=lambda args: _run_stage(stage, dest_flags, args), config_section=stage.name)
