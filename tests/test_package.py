@@ -58,6 +58,39 @@ def test_main_returns_exit_codes(capsys) -> None:  # type: ignore[no-untyped-def
     assert main(["no-such-command"]) == 2
 
 
+def test_every_plain_config_key_is_a_flag(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--key-with-dashes` sets `key_with_dashes` (typed from the key); the registry's own spellings stay."""
+    import argparse
+    import dataclasses
+    import json
+
+    from kovocab.cli import build_parser
+    from kovocab.stages import REGISTRY
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for stage in REGISTRY:
+        options = sub.choices[stage.command]._option_string_actions
+        own = {f.key for f in stage.flags}
+        for f in dataclasses.fields(stage.cls):
+            flag = "--" + f.name.replace("_", "-")
+            if f.name not in own and flag in options:
+                assert options[flag].dest == f.name, (stage.command, flag)
+    assert "--min-hangul-ratio" in sub.choices["shard"]._option_string_actions
+    assert "--sources" not in sub.choices["shard"]._option_string_actions  # entries: recipe only
+    args = parser.parse_args(["train-tokenizer", "c.txt", "--vocab-size", "300", "--no-split-digits"])
+    assert (args.vocab_size, args.split_digits, args.corpus) == (300, False, [Path("c.txt")])
+    assert parser.parse_args(["bpb", "--model", "a", "--model", "b"]).model == [Path("a"), Path("b")]
+    assert main(["pretrain", "--precision", "fp64"]) == 2  # a Literal key: its choices
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["init-model", "--tokenizer", str(LLAMA2_MODEL), "--out", str(tmp_path / "m"),
+                 "--hidden-size", "32", "--intermediate-size", "64", "--num-hidden-layers", "1",
+                 "--num-attention-heads", "2", "--num-key-value-heads", "2", "--no-tie-word-embeddings",
+                 "-q"]) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["hidden_size"], config["tie_word_embeddings"]) == (32, False)
+
+
 # (command, its recipe section): every subcommand that reads a recipe
 COMMANDS = [("shard", "shard"), ("train-tokenizer", "tokenizer_training"), ("merge-vocab", "vocab_merge"),
             ("expand-vocab", "expand_vocab"), ("init-model", "init_model"),

@@ -1,14 +1,16 @@
 """`kovocab <subcommand>`: parse arguments, call one stage function, print where outputs went.
 
-The parser is built from the stage registry (`kovocab.stages`): each stage's flags, the
-config keys they set and, in `--help`, every key of its section with its default and
-meaning. Heavy libraries are imported inside the stage modules, never here, so
-`kovocab --help` is instant. `main(argv)` returns an exit code so tests call it directly.
+The parser is built from the stage registry (`kovocab.stages`): each stage's own flags,
+`--key-with-dashes` for every other plain key of its config and, in `--help`, every key
+of its section with its default and meaning. Heavy libraries are imported inside the
+stage modules, never here, so `kovocab --help` is instant. `main(argv)` returns an exit
+code so tests call it directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import sys
@@ -43,18 +45,29 @@ def _epilog(cls: type, section: str, nested: Sequence[tuple[type, str]] = ()) ->
     return "\n\n".join(parts)
 
 
-def _argument(p: argparse.ArgumentParser, flag: Flag, hints: dict[str, Any], docs: dict[str, str]) -> None:
-    """One flag, typed from its config key: Path, int, float, Literal choices; tuples repeat."""
-    tp = hints.get(flag.key) if flag.key else None
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is tuple:
-        tp = typing.get_args(tp)[0]
+def _value_type(hint: Any) -> tuple[Any, bool]:
+    """What one command-line value of a key is (Path, int, float, str, bool or a Literal) and
+    whether the key repeats (a tuple); None for keys a command line cannot spell (mappings, entries)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else None
+    many = typing.get_origin(hint) is tuple
+    if many:
+        hint = typing.get_args(hint)[0]
+    plain = hint in (Path, int, float, str, bool) or typing.get_origin(hint) is Literal
+    return (hint if plain else None), many
+
+
+def _argument(p: Any, flag: Flag, hints: dict[str, Any], docs: dict[str, str]) -> argparse.Action:
+    """One flag, typed from its key: Path, int, float, Literal choices, bool --x/--no-x; tuples repeat."""
+    tp = _value_type(hints[flag.key])[0] if flag.key else None
     kw: dict[str, Any] = {"help": flag.help if flag.help is not None else docs.get(flag.key or "", "")}
     if flag.type is not None:
         kw["type"] = flag.type
     elif typing.get_origin(tp) is Literal:
         kw["choices"] = list(typing.get_args(tp))
+    elif tp is bool:
+        kw["action"] = argparse.BooleanOptionalAction
     elif tp in (Path, int, float):
         kw["type"] = tp
     if not flag.name.startswith("-"):
@@ -63,26 +76,30 @@ def _argument(p: argparse.ArgumentParser, flag: Flag, hints: dict[str, Any], doc
         kw.update(action="append", default=[])
         kw["help"] += "" if "repeatable" in kw["help"] else " (repeatable)"
     kw["help"] = kw["help"].replace("%", "%%") if kw["help"] != argparse.SUPPRESS else kw["help"]
-    p.add_argument(*flag.name.split(), **{**kw, **(flag.extra or {})})
+    return p.add_argument(*flag.name.split(), **{**kw, **(flag.extra or {})})
 
 
 def _add_stage(sub: Any, stage: Stage) -> None:
-    import dataclasses
-
+    """The stage's own flags, the common options, then `--key-with-dashes` for every other plain key."""
     p = sub.add_parser(stage.command, help=stage.help, description=stage.description,
                        epilog=_epilog(stage.cls, stage.name, stage.nested),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(stage.cls)
-    docs = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(stage.cls)}
-    for flag in stage.flags:
-        _argument(p, flag, hints, docs)
+    fields = [f for f in dataclasses.fields(stage.cls) if f.init]
+    docs = {f.name: f.metadata.get("doc", "") for f in fields}
+    dest_flags = [(_argument(p, flag, hints, docs).dest, flag) for flag in stage.flags]
     _common(p)
+    keys = p.add_argument_group(f"{stage.name} keys",
+                                "every other key of the section as a flag, overriding the recipe "
+                                "(what each key means: the list at the end)")
+    for f in fields:
+        name, (tp, many) = "--" + f.name.replace("_", "-"), _value_type(hints[f.name])
+        taken = name in p._option_string_actions or f.name in {a.dest for a in p._actions}
+        if tp is not None and not taken and f.name not in {flag.key for flag in stage.flags}:
+            flag = Flag(name, f.name, many=many, help="")  # its doc is in the key list (epilog) once
+            dest_flags.append((_argument(keys, flag, hints, docs).dest, flag))
     # config_section: the one section `--set` may change
-    p.set_defaults(func=lambda args: _run_stage(stage, args), config_section=stage.name)
-
-
-def _dest(p: argparse.ArgumentParser, flag: Flag) -> str:
-    return next(a.dest for a in p._actions if flag.name.split()[0] in (a.option_strings or [a.dest]))
+    p.set_defaults(func=lambda args: _run_stage(stage, dest_flags, args), config_section=stage.name)
 
 
 def _recipe_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,14 +133,14 @@ def _absolute(value: Any) -> Any:
     return tuple(_absolute(v) for v in value) if isinstance(value, tuple) else value
 
 
-def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
+def _run_stage(stage: Stage, dest_flags: Sequence[tuple[str, Flag]], args: argparse.Namespace) -> int:
     """Recipe section + --set overrides + explicit flags -> the stage's config; run; print."""
     data = _recipe_data(args)
     section = dict(data.get(stage.name) or {})
     if stage.from_args is not None:
         section = stage.from_args(section, args)
-    for flag in stage.flags:
-        value = getattr(args, args.dests[flag.name]) if flag.key else None
+    for dest, flag in dest_flags:
+        value = getattr(args, dest) if flag.key else None
         if isinstance(value, list) and (flag.many or not flag.name.startswith("-")):
             value = tuple(value)  # repeated or positional; a list from a `type` (eval --tasks none) stays
         if value is not None and value != ():
@@ -187,9 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     # Any command's section may sit in a recipe; anything else there is a typo.
     sections = sorted({p.get_default("config_section") for p in sub.choices.values()})
-    for stage in REGISTRY:
-        p = sub.choices[stage.command]
-        p.set_defaults(dests={f.name: _dest(p, f) for f in stage.flags if f.key})
     for p in sub.choices.values():
         p.set_defaults(recipe_sections=sections)
     return parser

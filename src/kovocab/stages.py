@@ -1,8 +1,11 @@
 """The one stage registry: name → config class, function, summary, CLI flags, run wiring.
 
 `kovocab <command>` (cli.py) builds its parser from these entries and `kovocab run`
-(run.py) walks the ones with wiring, in this order: a new stage is its module plus one
-`Stage` here. Wiring only names paths: stage N's output folder becomes stage N+1's input
+(run.py) walks the ones with wiring, in this order: a new stage is its module (config
+class, function, `summary_lines` for what its command prints) plus one `Stage` here.
+Every plain key of the config is a flag by itself (`--vocab-size` sets `vocab_size`), so
+`flags` lists only positionals, spellings other than the key's, and the command's own
+options. Wiring only names paths: stage N's output folder becomes stage N+1's input
 unless the recipe says otherwise. Stage functions are imported when a stage runs, so
 torch stays unloaded for `--help`.
 """
@@ -18,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from kovocab import evaluation
-from kovocab.config import absolutize_section, load_section, resolve_path, resolve_paths, to_dict
-from kovocab.corpus.options import OUTPUTS as shard_outputs
-from kovocab.corpus.options import ShardConfig, SourceConfig, load_shard_config
+from kovocab.config import absolutize_section, load_section, resolve_paths, to_dict
+from kovocab.corpus import options as shard_options
 from kovocab.errors import ConfigError
-from kovocab.evaluation.bpb import BpbConfig
+from kovocab.evaluation import bpb
 from kovocab.model import resize, tiny
 from kovocab.pretraining.config import PretrainConfig, StageConfig
 from kovocab.pretraining.config import outputs as pretrain_outputs
@@ -51,7 +53,7 @@ class Stage:
     cls: type  # config class, built from section `name`
     function: str  # "module:function" called with the config
     help: str  # one line in `kovocab --help`
-    flags: tuple[Flag, ...] = ()
+    flags: tuple[Flag, ...] = ()  # beyond the derived `--key-with-dashes` of every plain key
     description: str | None = None
     show: Callable[[Any, Any], Iterable[str]] = lambda cfg, res: ()  # (config, result) -> lines printed
     nested: tuple[tuple[type, str], ...] = ()  # (class, key) of list entries whose keys --help lists too
@@ -126,30 +128,14 @@ def _named(kind: str) -> Callable[[str], dict[str, str]]:
     return parse
 
 
-OUT, CORPUS, BASE = Flag("--out", "out_dir"), Flag("corpus", "corpus"), Flag("--base", "base")
-DTYPE, DEVICE = Flag("--dtype", "dtype"), Flag("--device", "device")
+OUT, CORPUS = Flag("--out", "out_dir"), Flag("corpus", "corpus")
 SWITCH = {"action": "store_true"}
 
 # --- shard -----------------------------------------------------------------------------------
 
 
 def _shard_build(data: Mapping[str, Any], section: dict[str, Any]) -> Any:
-    return load_shard_config({**data, "shard": section})
-
-
-def _shard_absolute(section: Mapping[str, Any], base_dir: Any) -> dict[str, Any]:
-    """Source paths are globs (strings), so the type-driven absolutize misses them."""
-    out = absolutize_section(ShardConfig, section, base_dir)
-    if isinstance(out.get("sources"), list | tuple):
-        out["sources"] = [
-            {**s, "paths": [str(resolve_path(p, base_dir)) for p in _as_list(s.get("paths"))]}
-            if isinstance(s, Mapping) and "paths" in s else s for s in out["sources"]
-        ]
-    return out
-
-
-def _as_list(value: Any) -> list[Any]:
-    return [value] if isinstance(value, str) else list(value or [])
+    return shard_options.load_shard_config({**data, "shard": section})
 
 
 _SOURCE_FLAGS = ("format", "field", "encoding", "txt_mode", "use")
@@ -169,7 +155,7 @@ def _shard_section(section: dict[str, Any], args: argparse.Namespace) -> dict[st
 
 
 def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
-    from kovocab.corpus import shard_corpus, shard_tasks
+    from kovocab.corpus.pipeline import shard_corpus, shard_tasks, summary_lines
 
     if args.task is not None or args.num_tasks is not None:
         if args.task is None or args.num_tasks is None:
@@ -177,19 +163,11 @@ def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
         ran = shard_tasks(cfg, args.task, args.num_tasks, workers=args.workers)
         return [f"task {args.task}/{args.num_tasks}: ran {ran} phase-1 task(s) into {cfg.out}/.work",
                 "when every task has finished, run the same command without --task/--num-tasks to merge"]
-    res = shard_corpus(cfg, workers=args.workers)
-    lines = [f"shards {'already complete, nothing changed' if res.already_done else 'written'}: {res.out}",
-             f"  documents: {res.docs_in} read, {res.kept} kept, {res.dropped} dropped, "
-             f"{res.duplicates} duplicates"]
-    for split in ("train", "eval"):
-        paths = res.splits[split]
-        lines.append(f"  {split}: {res.out / (split + '-*-of-' + paths[0].name.split('-of-')[1])} "
-                     f"({len(paths)} shard(s), and .parquet)")
-    return [*lines, f"  quarantine: {res.quarantine}", f"  manifest: {res.manifest}"]
+    return summary_lines(shard_corpus(cfg, workers=args.workers))
 
 
 SHARD = Stage(
-    name="shard", command="shard", cls=ShardConfig, function="kovocab.corpus:shard_corpus",
+    name="shard", command="shard", cls=shard_options.ShardConfig, function="kovocab.corpus:shard_corpus",
     help="Korean text files -> cleaned, deduplicated JSONL.gz + Parquet shards",
     description=(
         "Read, decode, normalise, filter, dedupe and shard a Korean corpus.\n"
@@ -199,7 +177,6 @@ SHARD = Stage(
         "then the same command without --task/--num-tasks to merge."),
     flags=(Flag("inputs", help="files, folders or globs (one source)", extra={"metavar": "INPUT"}),
            Flag("--out", "out", "output folder (shard.out)", type=str),
-           Flag("--shards", "shards", "number of train shards (shard.shards)"),
            Flag("--workers", help="processes for phase 1 (default 1)", type=int, extra={"default": 1}),
            Flag("--task", help="run only phase-1 task I of --num-tasks (cluster array job)", type=int),
            Flag("--num-tasks", help="number of array tasks sharing phase 1", type=int),
@@ -208,9 +185,9 @@ SHARD = Stage(
            Flag("--field", help="JSON field or table column holding the text (default: text)"),
            Flag("--encoding", help="auto, utf-8, cp949, euc-kr"),
            Flag("--txt-mode", help="line or paragraph"), Flag("--use", help="train or eval")),
-    nested=((SourceConfig, "shard.sources"),), build=_shard_build, from_args=_shard_section,
+    nested=((shard_options.SourceConfig, "shard.sources"),), build=_shard_build, from_args=_shard_section,
     run_command=_shard_command,
-    absolutize=_shard_absolute, owned=lambda cfg: shard_outputs,
+    absolutize=shard_options.absolute_section, owned=lambda cfg: shard_options.OUTPUTS,
     wire=lambda run_dir, outputs: {"out": str(run_dir / "corpus")},
     out_dir=lambda cfg: Path(cfg.out), done_file=lambda cfg: Path(cfg.out) / "manifest.json",
     outputs=lambda cfg: {"corpus": cfg.out},
@@ -224,38 +201,17 @@ TRAIN_TOKENIZER = Stage(
     name="tokenizer_training", command="train-tokenizer", cls=train.TokenizerTrainingConfig,
     function="kovocab.tokenizer.train:train_tokenizer",
     help="train Korean SentencePiece BPE pieces (plain or Kiwi morpheme-aware)",
-    flags=(CORPUS, OUT, Flag("--method", "method"), Flag("--vocab-size", "vocab_size")),
-    show=lambda cfg, res: [f"Korean BPE ({res.vocab_size} pieces, {res.sentences} sentences): "
-                           f"{res.model_path}"],
+    flags=(CORPUS, OUT),
+    show=train.summary_lines,
 )
 
 MERGE_VOCAB = Stage(
     name="vocab_merge", command="merge-vocab", cls=merge.MergeVocabConfig,
     function="kovocab.tokenizer.merge:merge_vocab",
     help="append Korean pieces to a base SentencePiece BPE (Llama-2) vocabulary",
-    flags=(BASE, Flag("--korean-model", "korean_model"), OUT,
-           Flag("--target-vocab-size", "target_vocab_size")),
-    show=lambda cfg, res: [f"merged tokenizer ({res.base_size} + {res.new_pieces} = {res.vocab_size} pieces, "
-                           f"{res.replaced_unreachable} unreachable replaced): {res.out_dir}"],
+    flags=(OUT,),
+    show=merge.summary_lines,
 )
-
-
-def _expand_show(cfg: Any, res: Any) -> Iterable[str]:
-    s = res.stats
-    yield f"tokenizer ({res.merge.vocab_size} pieces): {res.tokenizer_dir}"
-    yield f"  '{s['golden_sentence']}': {s['golden_tokens_before']} -> {s['golden_tokens_after']} tokens"
-    if "korean_chars_per_token_after" in s:
-        yield (f"  held-out Korean: {s['korean_tokens_per_sentence_before']:.1f} -> "
-               f"{s['korean_tokens_per_sentence_after']:.1f} tokens/sentence, "
-               f"{s['korean_chars_per_token_before']:.2f} -> "
-               f"{s['korean_chars_per_token_after']:.2f} chars/token")
-    for row in res.sweep:
-        yield (f"  sweep +{row['new_pieces']:,} ({row['vocab_size']:,} pieces): "
-               f"{row['korean_tokens_per_sentence'] or float('nan'):.2f} tokens/sentence, "
-               f"{row['korean_chars_per_token'] or float('nan'):.3f} chars/token, "
-               f"golden {row['golden_tokens']}")
-    yield from [f"report: {res.report_dir}"] if res.report_dir else []
-    yield from [f"resized model: {res.model_dir}"] if res.model_dir else []
 
 
 def _weights(weights: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -267,11 +223,10 @@ EXPAND_VOCAB = Stage(
     name="expand_vocab", command="expand-vocab", cls=expand.ExpandVocabConfig,
     function="kovocab.tokenizer.expand:expand_vocab_from_config",
     help="train-tokenizer + merge-vocab (+ report, + resize with --model) in one step",
-    flags=(CORPUS, BASE, OUT, Flag("--target-vocab-size", "target_vocab_size"), Flag("--method", "method"),
-           Flag("--eval-text", "eval_texts", many=True), Flag("--model", "model"),
+    flags=(CORPUS, OUT, Flag("--eval-text", "eval_texts", many=True),
            Flag("--sweep", "sweep", "also cut the Korean model at these numbers of new pieces, e.g. "
                 "4096,8192,14336,23296,32768", type=_int_list, extra={"metavar": "N,N,..."})),
-    show=_expand_show, owned=lambda cfg: expand.OUTPUTS,
+    show=expand.summary_lines, owned=lambda cfg: expand.OUTPUTS,
     # report=False: the run's own report stage measures base vs expanded on the same held-out split.
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
                                         out_dir=str(run_dir / "tokenizer"), report=False),
@@ -293,24 +248,14 @@ INIT_MODEL = Stage(
         "Write a randomly initialised Hugging Face Llama (safetensors) whose vocabulary is the\n"
         "base tokenizer's, with that tokenizer beside it: the stand-in for a downloaded Llama\n"
         "in smoke runs and tests. Real runs start from a real checkpoint instead."),
-    flags=(Flag("--tokenizer", "tokenizer"), OUT),
-    show=lambda cfg, res: [f"model ({res.parameters:,} parameters, vocabulary {res.vocab_size}): "
-                           f"{res.out_dir}"],
+    flags=(OUT,),
+    show=tiny.summary_lines,
     owned=lambda cfg: tiny.OUTPUTS,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
     outputs=lambda cfg: {"model": cfg.out_dir},
     summary=lambda res: {"parameters": res.parameters, "vocab_size": res.vocab_size},
 )
-
-
-def _resize_show(cfg: Any, res: Any) -> Iterable[str]:
-    p = res.plan
-    return [f"resized model ({p.base_rows} -> {p.total_rows} rows: {p.new_pieces} new pieces, "
-            f"{p.padding_rows} padding; {p.init}, {'tied' if res.tied else 'untied'}): {res.out_dir}",
-            f"  shards: {len(res.rewritten)} rewritten, {len(res.linked)} hardlinked, "
-            f"{len(res.copied)} copied; {res.seconds:.1f} s",
-            f"  step-0 check: kovocab bpb --model {cfg.model_dir} --model {res.out_dir} --text HELD_OUT.txt"]
 
 
 RESIZE = Stage(
@@ -322,9 +267,8 @@ RESIZE = Stage(
         "(safetensors) to the expanded tokenizer, reading and rewriting only those two\n"
         "tensors; the other shards are hardlinked. New rows: the mean of the base\n"
         "tokenizer's split of the piece (subword-mean) or of all rows (mean)."),
-    flags=(Flag("--model", "model_dir"), Flag("--tokenizer", "tokenizer"), OUT, Flag("--init", "init"),
-           Flag("--base-tokenizer", "base_tokenizer"), Flag("--pad-to-multiple-of", "pad_to_multiple_of")),
-    show=_resize_show, owned=lambda cfg: resize.OUTPUTS,
+    flags=(Flag("--model", "model_dir"), OUT),
+    show=resize.summary_lines, owned=lambda cfg: resize.OUTPUTS,
     wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
@@ -335,27 +279,15 @@ RESIZE = Stage(
 MODEL_FLAGS = (Flag("--model", "models", many=True), Flag("--tokenizer", "tokenizers", many=True))
 
 
-def _bpb_show(cfg: Any, results: Any) -> Iterable[str]:
-    first = results[0]
-    yield f"{first.documents} documents, {first.bytes} UTF-8 bytes"
-    yield f"{'bits/byte':>10} {'vs first':>9} {'tokens':>9} {'bits/token':>10}  model + tokenizer"
-    for r in results:
-        yield (f"{r.bits_per_byte:10.4f} {r.bits_per_byte - first.bits_per_byte:+9.4f} {r.tokens:9d} "
-               f"{r.bits_per_token:10.4f}  {r.model} + {r.tokenizer}")
-    yield from [f"figures: {cfg.out}"] if cfg.out is not None else []
-
-
 BPB = Stage(
-    name="bpb", command="bpb", cls=BpbConfig, function="kovocab.evaluation.bpb:compare_bits_per_byte",
+    name="bpb", command="bpb", cls=bpb.BpbConfig, function="kovocab.evaluation.bpb:compare_bits_per_byte",
     help="bits per byte of held-out text under (model, tokenizer) pairs: the step-0 check",
     description=(
         "Score the same documents under each model with its tokenizer (default: the\n"
         "model folder's tokenizer.model). Give the base model and the resized one to see\n"
         "what the new rows cost before training; bits/byte does not depend on the tokenizer."),
-    flags=(*MODEL_FLAGS, Flag("--text", "texts", many=True), Flag("--max-documents", "max_documents"),
-           Flag("--max-length", "max_length"), Flag("--stride", "stride"), DEVICE, DTYPE,
-           Flag("--out", "out")),
-    show=_bpb_show,
+    flags=(*MODEL_FLAGS, Flag("--text", "texts", many=True)),
+    show=bpb.summary_lines,
 )
 
 # --- pretrain (DeepSpeed ZeRO-3; the ranks are started here unless a launcher started us) ------
@@ -371,7 +303,7 @@ def _pretrain_call(cfg: Any, nproc_per_node: int, resume: bool) -> Any:
 
 def _pretrain_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
     from kovocab.pretraining.config import check_paths
-    from kovocab.pretraining.launch import LAUNCHED, launch_pretrain, prepare_data
+    from kovocab.pretraining.launch import LAUNCHED, launch_pretrain, prepare_data, summary_lines
 
     if args.prepare_data_only:
         check_paths(cfg)
@@ -381,9 +313,7 @@ def _pretrain_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
     res = launch_pretrain(cfg, args.nproc_per_node, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0 or LAUNCHED in os.environ:
         return []
-    loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
-    return [f"pretrained {res.steps} steps (final loss {loss}): {res.export_dir}",
-            f"  metrics: {res.metrics}\n  checkpoints: {res.checkpoints}"]
+    return summary_lines(cfg, res)
 
 
 def _pretrain_section(section: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -426,13 +356,6 @@ PRETRAIN = Stage(
 # --- report ----------------------------------------------------------------------------------
 
 
-def _report_show(cfg: Any, res: Any) -> Iterable[str]:
-    from kovocab.report.html import render_summary
-
-    return [render_summary(res.figures), f"report: {res.report_md}\n        {res.report_html}\n"
-                                         f"        {res.report_json}"]
-
-
 def _report_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
     base, tokenizer = _get(outputs, "expand_vocab", "base"), _get(outputs, "expand_vocab", "tokenizer")
     corpus, sweep = _get(outputs, "shard", "corpus"), _get(outputs, "expand_vocab", "sweep")
@@ -455,20 +378,14 @@ REPORT = Stage(
                 "(repeatable)", type=_named("tokenizer"), many=True, extra={"metavar": "NAME=PATH"}),
            Flag("--text", "texts", "text/.jsonl/.json/.tsv file (PATH:FIELD for a field or column) or shard "
                 "folder", type=_named("text"), many=True, extra={"metavar": "NAME=PATH"}),
-           OUT, BASE, Flag("--example", "examples", many=True, extra={"metavar": "SENTENCE"}),
-           Flag("--max-lines", "max_lines"), Flag("--field", "text_field"), Flag("--split", "shard_split")),
-    show=_report_show, owned=lambda cfg: measure.OUTPUTS, wire=_report_wire,
+           OUT, Flag("--example", "examples", many=True, extra={"metavar": "SENTENCE"}),
+           Flag("--field", "text_field"), Flag("--split", "shard_split")),
+    show=measure.summary_lines, owned=lambda cfg: measure.OUTPUTS, wire=_report_wire,
     done_file=lambda cfg: Path(cfg.out_dir) / "report.json",
     outputs=lambda cfg: {"report": Path(cfg.out_dir) / "report.md"},
 )
 
 # --- eval (bits per byte + KoBEST, the resized model before pretraining vs after) ------------
-
-
-def _eval_show(cfg: Any, res: Any) -> Iterable[str]:
-    from kovocab.evaluation.tables import render_summary
-
-    return [render_summary(res.figures), f"eval: {res.eval_md}\n      {res.eval_json}"]
 
 
 def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -494,14 +411,12 @@ EVAL = Stage(
     flags=(MODEL_FLAGS[0], Flag("--name", "names", many=True), MODEL_FLAGS[1],
            Flag("--text", "bpb_texts", "held-out text for bits per byte: .txt, .jsonl or shard folder "
                 "(repeatable)", type=_named("text"), many=True, extra={"metavar": "NAME=PATH"}),
-           Flag("--kobest-dir", "kobest_dir"),
            Flag("--tasks", "tasks", "comma-separated KoBEST tasks, or 'none' (default: all five)",
                 type=_comma),
            Flag("--shots", "shots", "comma-separated few-shot counts, e.g. 0,5,10,50 (default: 0)",
                 type=lambda v: [int(s) if s.isdigit() else s for s in _comma(v)]),
-           Flag("--split", "kobest_split"), Flag("--limit", "max_examples_per_task"),
-           Flag("--batch-size", "batch_size"), DEVICE, DTYPE, OUT),
-    show=_eval_show, owned=lambda cfg: evaluation.OUTPUTS, wire=_eval_wire,
+           Flag("--split", "kobest_split"), Flag("--limit", "max_examples_per_task"), OUT),
+    show=evaluation.summary_lines, owned=lambda cfg: evaluation.OUTPUTS, wire=_eval_wire,
     done_file=lambda cfg: Path(cfg.out_dir) / "eval.json",
     outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
 )

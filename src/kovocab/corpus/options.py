@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kovocab.artifacts import Owned
-from kovocab.config import load_section, opt, resolve_path
+from kovocab.config import absolutize_section, load_section, opt, resolve_path
 
 Format = Literal["auto", "txt", "jsonl", "json", "tsv", "csv", "parquet", "arrow"]
 Encoding = Literal["auto", "utf-8", "cp949", "euc-kr"]
@@ -154,3 +154,21 @@ def load_shard_config(data: Mapping[str, Any]) -> ShardConfig:
         dataclasses.replace(s, paths=tuple(str(resolve_path(p, base)) for p in s.paths)) for s in cfg.sources
     )
     return dataclasses.replace(cfg, sources=sources)
+
+
+def absolute_section(section: Mapping[str, Any], base_dir: str | Path | None) -> dict[str, Any]:
+    """A raw `shard:` section with its relative paths made absolute against `base_dir` (`kovocab run`).
+
+    Source paths are globs (strings), so the type-driven absolutize_section misses them.
+    """
+    out = absolutize_section(ShardConfig, section, base_dir)
+    if isinstance(out.get("sources"), list | tuple):
+        out["sources"] = [
+            {**s, "paths": [str(resolve_path(p, base_dir)) for p in _as_list(s.get("paths"))]}
+            if isinstance(s, Mapping) and "paths" in s else s for s in out["sources"]
+        ]
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [value] if isinstance(value, str) else list(value or [])

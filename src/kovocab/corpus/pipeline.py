@@ -193,6 +193,18 @@ def _count_cp949_lines(path: Path) -> int:
         return sum(1 for line in f if CP949_HINT in line)
 
 
+def summary_lines(res: ShardResult) -> list[str]:
+    """What `kovocab shard` prints: what was kept and where each kind of output went."""
+    lines = [f"shards {'already complete, nothing changed' if res.already_done else 'written'}: {res.out}",
+             f"  documents: {res.docs_in} read, {res.kept} kept, {res.dropped} dropped, "
+             f"{res.duplicates} duplicates"]
+    for split in ("train", "eval"):
+        paths = res.splits[split]
+        lines.append(f"  {split}: {res.out / (split + '-*-of-' + paths[0].name.split('-of-')[1])} "
+                     f"({len(paths)} shard(s), and .parquet)")
+    return [*lines, f"  quarantine: {res.quarantine}", f"  manifest: {res.manifest}"]
+
+
 def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = None) -> ShardResult:
     """Run stage `shard` (both phases) and return where its outputs are.
 

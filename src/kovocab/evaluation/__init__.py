@@ -112,6 +112,13 @@ class EvalResult:
         return float(self.figures["kobest"][task][str(shots)][name][metric])
 
 
+def summary_lines(cfg: EvalConfig, res: EvalResult) -> list[str]:
+    """What `kovocab eval` prints: the headline figures and where the tables went."""
+    from kovocab.evaluation.tables import render_summary
+
+    return [render_summary(res.figures), f"eval: {res.eval_md}\n      {res.eval_json}"]
+
+
 def evaluate(cfg: EvalConfig | None = None, *, progress: bool | None = None, **fields: Any) -> EvalResult:
     """Run the evaluation of `cfg`, or of an EvalConfig built from keyword `fields`."""
     if cfg is None:

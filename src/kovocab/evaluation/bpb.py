@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +88,17 @@ def read_documents(paths: Sequence[Path], limit: int, what: str = "bpb.texts") -
     if not out:
         raise InputError(f"{what}: no non-empty documents in {', '.join(map(str, paths))}")
     return out
+
+
+def summary_lines(cfg: BpbConfig, results: Sequence[BpbResult]) -> Iterator[str]:
+    """What `kovocab bpb` prints: one row per (model, tokenizer), compared with the first."""
+    first = results[0]
+    yield f"{first.documents} documents, {first.bytes} UTF-8 bytes"
+    yield f"{'bits/byte':>10} {'vs first':>9} {'tokens':>9} {'bits/token':>10}  model + tokenizer"
+    for r in results:
+        yield (f"{r.bits_per_byte:10.4f} {r.bits_per_byte - first.bits_per_byte:+9.4f} {r.tokens:9d} "
+               f"{r.bits_per_token:10.4f}  {r.model} + {r.tokenizer}")
+    yield from [f"figures: {cfg.out}"] if cfg.out is not None else []
 
 
 def compare_bits_per_byte(cfg: BpbConfig) -> list[BpbResult]:

@@ -143,6 +143,16 @@ def resize_embeddings(
     return resize_embeddings_from_config(cfg)
 
 
+def summary_lines(cfg: ResizeConfig, res: ResizeResult) -> list[str]:
+    """What `kovocab resize-embeddings` prints, ending with the step-0 check to run next."""
+    p = res.plan
+    return [f"resized model ({p.base_rows} -> {p.total_rows} rows: {p.new_pieces} new pieces, "
+            f"{p.padding_rows} padding; {p.init}, {'tied' if res.tied else 'untied'}): {res.out_dir}",
+            f"  shards: {len(res.rewritten)} rewritten, {len(res.linked)} hardlinked, "
+            f"{len(res.copied)} copied; {res.seconds:.1f} s",
+            f"  step-0 check: kovocab bpb --model {cfg.model_dir} --model {res.out_dir} --text HELD_OUT.txt"]
+
+
 def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
     """`resize_embeddings` driven by a recipe section (`resize_embeddings:`)."""
     t0 = time.perf_counter()

@@ -68,6 +68,11 @@ class InitModelResult:
     seconds: float
 
 
+def summary_lines(cfg: InitModelConfig, res: InitModelResult) -> list[str]:
+    """What `kovocab init-model` prints."""
+    return [f"model ({res.parameters:,} parameters, vocabulary {res.vocab_size}): {res.out_dir}"]
+
+
 def init_model(cfg: InitModelConfig) -> InitModelResult:
     """Write a seeded, randomly initialised Llama (safetensors) with the base tokenizer beside it.
 

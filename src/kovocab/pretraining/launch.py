@@ -57,6 +57,13 @@ def launch_pretrain(recipe: PretrainConfig | str | Path, nproc_per_node: int = 1
         return _launch_here(cfg, nproc_per_node, resume)
 
 
+def summary_lines(cfg: PretrainConfig, res: PretrainResult) -> list[str]:
+    """What `kovocab pretrain` prints (on rank 0 of the launching process only)."""
+    loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
+    return [f"pretrained {res.steps} steps (final loss {loss}): {res.export_dir}",
+            f"  metrics: {res.metrics}\n  checkpoints: {res.checkpoints}"]
+
+
 def check_deepspeed_json(cfg: PretrainConfig, nproc_per_node: int) -> None:
     """The DeepSpeed JSON against the recipe for `nproc_per_node` ranks on this machine, here.
 

@@ -145,6 +145,14 @@ def efficiency_report(
 
 
 @claims_output(OUTPUTS, "report.out_dir")
+def summary_lines(cfg: ReportConfig, res: ReportResult) -> list[str]:
+    """What `kovocab report` prints: the headline figures and where the report went."""
+    from kovocab.report.html import render_summary
+
+    return [render_summary(res.figures), f"report: {res.report_md}\n        {res.report_html}\n"
+                                         f"        {res.report_json}"]
+
+
 def run_report(cfg: ReportConfig, sweep: Sequence[Mapping[str, Any]] = ()) -> ReportResult:
     """Measure every tokenizer on every text set and write the report files."""
     from kovocab.report.html import render_html, render_markdown

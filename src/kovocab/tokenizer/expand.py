@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +81,25 @@ class ExpandVocabConfig:
     def check(self) -> list[str]:
         bad = [n for n in self.sweep if n <= 0]
         return [f"sweep: sizes are numbers of new pieces and must be positive, got {bad}"] if bad else []
+
+
+def summary_lines(cfg: ExpandVocabConfig, res: ExpandResult) -> Iterator[str]:
+    """What `kovocab expand-vocab` prints: the tokenizer, its token counts, the sweep, the report."""
+    s = res.stats
+    yield f"tokenizer ({res.merge.vocab_size} pieces): {res.tokenizer_dir}"
+    yield f"  '{s['golden_sentence']}': {s['golden_tokens_before']} -> {s['golden_tokens_after']} tokens"
+    if "korean_chars_per_token_after" in s:
+        yield (f"  held-out Korean: {s['korean_tokens_per_sentence_before']:.1f} -> "
+               f"{s['korean_tokens_per_sentence_after']:.1f} tokens/sentence, "
+               f"{s['korean_chars_per_token_before']:.2f} -> "
+               f"{s['korean_chars_per_token_after']:.2f} chars/token")
+    for row in res.sweep:
+        yield (f"  sweep +{row['new_pieces']:,} ({row['vocab_size']:,} pieces): "
+               f"{row['korean_tokens_per_sentence'] or float('nan'):.2f} tokens/sentence, "
+               f"{row['korean_chars_per_token'] or float('nan'):.3f} chars/token, "
+               f"golden {row['golden_tokens']}")
+    yield from [f"report: {res.report_dir}"] if res.report_dir else []
+    yield from [f"resized model: {res.model_dir}"] if res.model_dir else []
 
 
 def expand_vocab_from_config(cfg: ExpandVocabConfig) -> ExpandResult:
