@@ -406,7 +406,8 @@ EVAL = Stage(
     description=(
         "Score one model, or several compared with the first (base vs adapted), on held-out\n"
         "text (bits per byte) and KoBEST BoolQ/COPA/HellaSwag/SentiNeg/WiC with\n"
-        "lm-evaluation-harness's prompts and metrics (acc, macro-F1), from local TSVs.\n"
+        "lm-evaluation-harness's prompts and metric names (acc; acc_norm for HellaSwag; f1, macro),\n"
+        "from local TSVs.\n"
         "Writes eval.json, eval.md (tables like the Llama-2-Ko card) and items.jsonl."),
     flags=(MODEL_FLAGS[0], Flag("--name", "names", many=True), MODEL_FLAGS[1],
            Flag("--text", "bpb_texts", "held-out text for bits per byte: .txt, .jsonl or shard folder "
