@@ -299,6 +299,8 @@ def test_no_document_kept_by_the_filters_fails_unless_allowed(tmp_path, capsys) 
     (tmp_path / "en.txt").write_text("An English line.\nAnother English line.\n", encoding="utf-8")
     code, err = run([str(tmp_path / "en.txt"), "--out", str(tmp_path / "out")], capsys)
     assert code == 1 and "no document of 2 was kept" in err and "low-hangul" in err, err
+    # Nothing was quarantined, so the message does not send the user to empty quarantine files.
+    assert "quarantine.jsonl" not in err and "against a few lines of the file" in err, err
 
 
 def test_cp949_past_the_sniffed_sample_is_warned_about(tmp_path, capsys, caplog) -> None:

@@ -175,11 +175,14 @@ def check_yield(cfg: ShardConfig, tasks: list[Task], work: Path) -> None:
     for s in summaries:
         drops.update(s["dropped"])
     why = ", ".join(f"{k}: {n}" for k, n in drops.most_common(4))
+    # Point at the quarantine files only when they hold something: text decoded with the wrong
+    # codec can be valid mojibake that the Hangul filter drops instead.
+    where = (f"see the first entries of .work/*.quarantine.jsonl under {cfg.out}" if quarantined
+             else "check the source's encoding, format and field against a few lines of the file")
     message = (
         f"shard: {problem} (dropped by reason: {why}; quarantined: {top}); this is usually a wrong "
-        "encoding, format or field (see the first entries of .work/*.quarantine.jsonl under "
-        f"{cfg.out}). Fix the source, or accept it with --set shard.allow_low_yield=true "
-        "(allow_low_yield: true in the recipe)"
+        f"encoding, format or field ({where}). Fix the source, or accept it with --set "
+        "shard.allow_low_yield=true (allow_low_yield: true in the recipe)"
     )
     if not cfg.allow_low_yield:
         raise InputError(message)
