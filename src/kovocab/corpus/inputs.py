@@ -228,7 +228,7 @@ def expand(
         else:
             problems.append(
                 f"{where}.paths: no such file or folder: {p} "
-                "(paths in a recipe are relative to the recipe's folder)"
+                "(a recipe's paths are relative to its folder, the command line's to the current one)"
             )
     unique: list[Path] = []
     seen: set[Path] = set()
