@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, LLAMA2_MODEL
 
 from kovocab.artifacts import LOCK, output_lock
 from kovocab.cli import main
@@ -102,3 +102,36 @@ def test_lock_of_another_host_is_not_taken_over(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=match), output_lock(out):
         pass
     assert (out / LOCK).read_text() == "4242 some-other-node\n"
+
+
+@pytest.mark.parametrize("command", ["train-tokenizer", "merge-vocab", "report"])
+def test_every_stage_command_refuses_a_folder_holding_user_files(
+    tmp_path: Path, command: str, capsys
+) -> None:
+    """Each stage checks its folder before any work (the check once sat on the wrong function)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("mine\n", encoding="utf-8")
+    args = {
+        "train-tokenizer": [str(KOLAW), "--vocab-size", "1000"],
+        "merge-vocab": ["--base", str(LLAMA2_MODEL), "--korean-model", str(LLAMA2_MODEL)],
+        "report": ["--tokenizer", f"llama2={LLAMA2_MODEL}", "--text", f"ko={KOLAW}"],
+    }[command]
+    assert main([command, *args, "--out", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "holds files kovocab did not write (notes.md)" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.md"]
+    assert (out / "notes.md").read_text(encoding="utf-8") == "mine\n"
+
+
+def test_remove_outputs_removes_what_the_manifest_lists(tmp_path: Path) -> None:
+    """Files owned only through the stage's manifest are still owned while they are removed."""
+    from kovocab.artifacts import Owned, remove_outputs, write_manifest
+
+    out = tmp_path / "stage"
+    out.mkdir()
+    (out / "made-by-the-stage.bin").write_bytes(b"x")
+    write_manifest(out, "some_stage", {})
+    (out / ".hidden").write_text("left alone", encoding="utf-8")
+    remove_outputs(out, Owned("some_stage"), "some_stage")
+    assert sorted(p.name for p in out.iterdir()) == [".hidden"]

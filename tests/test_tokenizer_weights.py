@@ -95,6 +95,9 @@ def test_caps_that_cannot_hold_are_refused(mixed_shards: Path) -> None:
     weights = {s: SourceWeight(max_share=0.1) for s in ("koconovel", "kolaw", "wikinews", "kornlu")}
     with pytest.raises(InputError, match="cannot all hold"):
         list(WeightedCorpus((mixed_shards,), weights))
+    nothing = {s: SourceWeight(weight=0) for s in ("koconovel", "kolaw", "wikinews", "kornlu")}
+    with pytest.raises(InputError, match="leave no text to sample"):
+        list(WeightedCorpus((mixed_shards,), nothing))
 
 
 def test_weighting_is_seeded_and_deterministic(mixed_shards: Path) -> None:

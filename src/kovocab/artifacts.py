@@ -238,13 +238,15 @@ def remove_outputs(out: str | Path, owned: Owned, where: str, keep: frozenset[st
     names relative to `out` to leave in place.
     """
     out = Path(out)
-    check_output(out, owned, where)
+    # One survey, taken while the manifest still lists what the stage wrote: once it is gone,
+    # those files would no longer count as the stage's own.
+    mine = check_output(out, owned, where)
     if not out.is_dir():
         return
+    _, specced, _ = _survey(out, owned)
     if MANIFEST not in keep:
         (out / MANIFEST).unlink(missing_ok=True)
-    _, specced, _ = _survey(out, owned)
-    for p in check_output(out, owned, where):
+    for p in mine:
         if str(p.relative_to(out)) in keep:
             continue
         if p.is_dir() and not p.is_symlink():

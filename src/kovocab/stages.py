@@ -294,10 +294,11 @@ BPB = Stage(
 
 
 def _pretrain_call(cfg: Any, nproc_per_node: int, resume: bool) -> Any:
+    from kovocab.pretraining.checkpoint import latest_tag
     from kovocab.pretraining.launch import launch_pretrain
 
-    checkpoints = Path(cfg.out_dir) / "checkpoints"
-    resume = resume and checkpoints.is_dir() and any(checkpoints.iterdir())
+    # A run killed inside its first save leaves a step folder but no `latest`: start fresh then.
+    resume = resume and latest_tag(Path(cfg.out_dir) / "checkpoints") is not None
     return launch_pretrain(cfg, nproc_per_node=nproc_per_node, resume=resume)
 
 

@@ -167,8 +167,10 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
         write_json(cfg.out_dir / "zero3_partitions.json", partitions)
     n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
     mc = model.config
-    flops = flops_per_token(n_params, math.prod(param_shape(model.get_input_embeddings().weight)),
-                            mc.num_hidden_layers, mc.hidden_size, cfg.seq_len)
+    # A tied embedding is counted once in n_params and is also the LM head's matmul: keep it.
+    lookup = 0 if getattr(mc, "tie_word_embeddings", False) else math.prod(
+        param_shape(model.get_input_embeddings().weight))
+    flops = flops_per_token(n_params, lookup, mc.num_hidden_layers, mc.hidden_size, cfg.seq_len)
     held = [h for h in (
         load_held_out("ko", cfg.eval_korean, cfg.eval_max_documents, f"{SECTION}.eval_korean"),
         load_held_out("en", cfg.eval_english, cfg.eval_max_documents, f"{SECTION}.eval_english"),

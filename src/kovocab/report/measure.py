@@ -144,7 +144,6 @@ def efficiency_report(
     return run_report(cfg, sweep)
 
 
-@claims_output(OUTPUTS, "report.out_dir")
 def summary_lines(cfg: ReportConfig, res: ReportResult) -> list[str]:
     """What `kovocab report` prints: the headline figures and where the report went."""
     from kovocab.report.html import render_summary
@@ -153,6 +152,7 @@ def summary_lines(cfg: ReportConfig, res: ReportResult) -> list[str]:
                                          f"        {res.report_json}"]
 
 
+@claims_output(OUTPUTS, "report.out_dir")
 def run_report(cfg: ReportConfig, sweep: Sequence[Mapping[str, Any]] = ()) -> ReportResult:
     """Measure every tokenizer on every text set and write the report files."""
     from kovocab.report.html import render_html, render_markdown

@@ -202,13 +202,13 @@ def check_target_size(target: int, base_size: int, key: str) -> None:
                              f"added: set it above {base_size} (Llama-2-Ko: 46336, a multiple of 64)")
 
 
-@claims_output(OUTPUTS, "vocab_merge.out_dir")
 def summary_lines(cfg: MergeVocabConfig, res: MergeResult) -> list[str]:
     """What `kovocab merge-vocab` prints."""
     return [f"merged tokenizer ({res.base_size} + {res.new_pieces} = {res.vocab_size} pieces, "
             f"{res.replaced_unreachable} unreachable replaced): {res.out_dir}"]
 
 
+@claims_output(OUTPUTS, "vocab_merge.out_dir")
 def merge_vocab(cfg: MergeVocabConfig) -> MergeResult:
     """Append Korean pieces to the base vocabulary and write the merged tokenizer folder."""
     base_path = find_sentencepiece_model(cfg.base, "vocab_merge.base")

@@ -149,12 +149,12 @@ def mark_morphemes(sentences: list[str], num_workers: int = 2) -> list[str]:
     return out
 
 
-@claims_output(OUTPUTS, "tokenizer_training.out_dir")
 def summary_lines(cfg: TokenizerTrainingConfig, res: TrainResult) -> list[str]:
     """What `kovocab train-tokenizer` prints."""
     return [f"Korean BPE ({res.vocab_size} pieces, {res.sentences} sentences): {res.model_path}"]
 
 
+@claims_output(OUTPUTS, "tokenizer_training.out_dir")
 def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
     """Train the Korean SentencePiece BPE model described by `cfg`."""
     import sentencepiece as spm

@@ -204,6 +204,9 @@ def plan_factors(
     factors = {s: (weights[s].weight if s in weights else 1.0) for s in counts}
     chars = {s: factors[s] * counts[s].characters for s in counts}
     caps = {s: w.max_share for s, w in weights.items() if w.max_share is not None and chars[s] > 0}
+    if sum(chars.values()) <= 0:
+        raise InputError(f"{what}: source_weights leave no text to sample (every source has weight 0 "
+                         "or no characters); give some source a weight above 0")
     capped: set[str] = set()
     while True:
         free = sum(v for s, v in chars.items() if s not in capped)
