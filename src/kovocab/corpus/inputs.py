@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import dataclasses
-import difflib
 import glob
 import gzip
 import hashlib
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from kovocab.config import suggest
 from kovocab.corpus.decoding import SNIFF_BYTES, check_not_utf16, sniff_encoding
 from kovocab.corpus.options import ShardConfig, SourceConfig
 from kovocab.errors import InputError
@@ -261,11 +261,6 @@ def sha256_and_size(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def _column(
     src: SourceConfig, fmt: str, head: bytes, encoding: str, where: str, problems: list[str]
 ) -> tuple[int, int]:
@@ -292,7 +287,7 @@ def _column(
         return columns.index(src.field), len(columns)
     problems.append(
         f"{where}: column {src.field!r} is not in the header ({', '.join(columns)})"
-        f"{_suggest(src.field, columns)}; set field: to one of them"
+        f"{suggest(src.field, columns)}; set field: to one of them"
     )
     return -1, 0
 
@@ -319,7 +314,7 @@ def _check_json_field(
             keys = list(node) if isinstance(node, dict) else []
             problems.append(
                 f"{where}: the first record has no field {src.field!r} (keys: {', '.join(keys)})"
-                f"{_suggest(part, keys)}; set field: to the one holding the text"
+                f"{suggest(part, keys)}; set field: to the one holding the text"
             )
             return
         node = node[part]
@@ -345,7 +340,7 @@ def _check_table_field(src: SourceConfig, fmt: str, path: Path, where: str, prob
     if top not in names:
         problems.append(
             f"{where}: column {top!r} is not in {path.name} ({', '.join(names)})"
-            f"{_suggest(top, names)}; set field: to one of them"
+            f"{suggest(top, names)}; set field: to one of them"
         )
 
 
