@@ -323,3 +323,129 @@ def test_pretrain_into_a_folder_in_use_is_refused_without_touching_it(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+# --- LoRA continued pretraining (issue 15): the same engine, checkpoints and export ---------------------
+
+LORA = "{rank: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj, down_proj], embeddings: new_rows}"
+LORA_STAGES = "[{name: emb, train: new_embeddings, steps: 2, lr: 2.0e-2}, " \
+              "{name: lora, train: lora, steps: 3, lr: 1.0e-2, embedding_lr: 2.0e-2}]"
+
+
+def lora_argv(setup: dict[str, Any], out: Path, *extra: str) -> list[str]:
+    return argv(setup, out, f"pretrain.lora={LORA}", f"pretrain.stages={LORA_STAGES}",
+                "pretrain.eval_every=0", "pretrain.export_stages=false", "pretrain.checkpoint_every=2",
+                "pretrain.log_every=0", *extra)
+
+
+@pytest.fixture(scope="module")
+def lora_run(setup: dict[str, Any]) -> Path:
+    out = setup["root"] / "lora"
+    assert main(lora_argv(setup, out)) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_lora_two_ranks_trains_adapters_and_new_rows_only(lora_run: Path, setup: dict[str, Any]) -> None:
+    from safetensors.torch import load_file
+
+    rows = metrics(lora_run)
+    assert [(r["step"], r["stage"]) for r in rows] == [(1, "emb"), (2, "emb"), (3, "lora"), (4, "lora"),
+                                                       (5, "lora")]
+    assert all(math.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
+    before = load_file(setup["resized"] / "model.safetensors")
+    merged = load_file(lora_run / "hf" / "model.safetensors")
+    assert set(merged) == set(before)  # plain Hugging Face names: no base_layer, no lora_A/B
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):  # lora.embeddings: new_rows
+        assert torch_equal(merged[name][:32000], before[name][:32000]), name
+        assert (merged[name][32000:] != before[name][32000:]).any(dim=1).sum() > 100, name
+    targets = [n for n in before if n.endswith(("q_proj.weight", "v_proj.weight", "down_proj.weight"))]
+    assert len(targets) == 6 and not any(torch_equal(merged[n], before[n]) for n in targets)
+    frozen = [n for n in before if n not in targets and "embed_tokens" not in n and "lm_head" not in n]
+    assert len(frozen) == 13 and all(torch_equal(merged[n], before[n]) for n in frozen)
+    adapter = load_file(lora_run / "adapter" / "adapter_model.safetensors")
+    b_weights = [v for k, v in adapter.items() if ".lora_B." in k]  # peft initialises B to zeros
+    assert len(b_weights) == 6 and all(bool(v.abs().sum() > 0) for v in b_weights)
+    assert sum(".lora_A." in k for k in adapter) == 6
+    assert {k for k in adapter if "lora_" not in k} == {"base_model.model.model.embed_tokens.weight",
+                                                         "base_model.model.lm_head.weight"}
+
+
+@pytest.mark.slow
+def test_lora_merged_export_loads_without_peft_and_matches_the_adapter(lora_run: Path,
+                                                                       setup: dict[str, Any]) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = AutoModelForCausalLM.from_pretrained(lora_run / "hf")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    config = json.loads((lora_run / "hf" / "config.json").read_text())
+    assert "quantization_config" not in config and config["vocab_size"] == 33024
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup["resized"]),
+                                           lora_run / "adapter")
+    tok = AutoTokenizer.from_pretrained(lora_run / "adapter")
+    ids = tok("안녕하세요, 오늘은 날씨가 좋네요. The court held that the statute applies.",
+              return_tensors="pt").input_ids
+    merged.eval(), peft_model.eval()
+    with torch.no_grad():
+        a, b = merged(ids).logits, peft_model(ids).logits
+    base = AutoModelForCausalLM.from_pretrained(setup["resized"]).eval()
+    with torch.no_grad():
+        assert (base(ids).logits - a).abs().max() > 1e-3  # training moved it
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.slow
+def test_lora_resume_reproduces_the_uninterrupted_run(lora_run: Path, setup: dict[str, Any]) -> None:
+    import shutil
+
+    out = setup["root"] / "lora-resumed"
+    shutil.copytree(lora_run, out, ignore=shutil.ignore_patterns("hf", "adapter", ".kovocab.lock"))
+    # Back to the checkpoint at step 4, inside the lora stage (adapters and Adam moments restored).
+    shutil.rmtree(out / "checkpoints" / "step-00000005")
+    (out / "checkpoints" / "latest").write_text("step-00000004\n")
+    assert main([*lora_argv(setup, out), "--resume"]) == 0
+    keys = ("step", "stage", "loss", "grad_norm", "lr", "embedding_lr")
+    assert [[r[k] for k in keys] for r in metrics(out)] == [[r[k] for k in keys] for r in metrics(lora_run)]
+    assert json.loads((out / "result.json").read_text())["resumed_from"] == 4
+    from safetensors.torch import load_file
+
+    a, b = load_file(out / "adapter" / "adapter_model.safetensors"), \
+        load_file(lora_run / "adapter" / "adapter_model.safetensors")
+    assert set(a) == set(b) and all(torch_equal(a[k], b[k]) for k in a)
+
+
+def test_lora_config_mistakes_and_qlora_without_cuda_are_clear_errors(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x"
+    assert main(lora_argv(setup, out, "pretrain.lora={rnak: 4}")) == 1
+    assert "kovocab: error: pretrain.lora.rnak: unknown key; did you mean 'rank'?" in capsys.readouterr().err
+    assert main(lora_argv(setup, out, "pretrain.stages=[{name: a, train: all, steps: 2, lr: 1.0e-3}, "
+                                      "{name: b, train: lora, steps: 2, lr: 1.0e-3}]")) == 1
+    assert "pretrain.stages: train: lora and train: all in one run" in capsys.readouterr().err
+    assert main(lora_argv(setup, out, "pretrain.stages=[{name: a, train: all, steps: 2, lr: 1.0e-3}]")) == 1
+    assert "pretrain.lora: given, but no stage has train: lora" in capsys.readouterr().err
+    # QLoRA: checked before the token store is built or a rank starts.
+    assert main(lora_argv(setup, out, "pretrain.lora={rank: 4, quantize: 4bit}",
+                          f"pretrain.token_store_dir={tmp_path / 'tokens'}")) == 1
+    err = capsys.readouterr().err
+    assert "kovocab: error: pretrain.lora.quantize: 4bit (QLoRA) keeps the frozen base in NF4" in err
+    assert "this machine has no CUDA device" in err and "set pretrain.lora.quantize: none" in err
+    assert not out.exists() and not (tmp_path / "tokens").exists()
+
+
+def test_lora_target_modules_that_match_nothing_name_the_model_modules() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kovocab.errors import ConfigError
+    from kovocab.pretraining.config import LoraConfig
+    from kovocab.pretraining.lora import add_adapters
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(ConfigError, match=r"pretrain\.lora\.target_modules: \['q_prj'\] do not all name "
+                                          r"linear modules of the model \(its linear modules: down_proj, "
+                                          r"gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj\)"):
+        add_adapters(model, LoraConfig(target_modules=("q_prj",)))

@@ -40,8 +40,11 @@ def _common(p: argparse.ArgumentParser, recipe: bool = True) -> None:
 def _epilog(cls: type, section: str, nested: Sequence[tuple[type, str]] = ()) -> str:
     """Every key of the config section, default and meaning; then those of its list entries."""
     parts = [describe(cls, section)]
+    hints = typing.get_type_hints(cls)
     for entry, where in nested:
-        parts.append(f"each entry of {where}:\n" + "\n".join(describe(entry, where).splitlines()[1:]))
+        many = typing.get_origin(hints.get(where.rsplit(".", 1)[-1])) is tuple  # a list, or one mapping
+        label = f"each entry of {where}" if many else f"keys of {where} (a mapping)"
+        parts.append(f"{label}:\n" + "\n".join(describe(entry, where).splitlines()[1:]))
     return "\n\n".join(parts)
 
 

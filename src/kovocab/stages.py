@@ -26,7 +26,7 @@ from kovocab.corpus import options as shard_options
 from kovocab.errors import ConfigError
 from kovocab.evaluation import bpb
 from kovocab.model import resize, tiny
-from kovocab.pretraining.config import PretrainConfig, StageConfig
+from kovocab.pretraining.config import LoraConfig, PretrainConfig, StageConfig
 from kovocab.pretraining.config import outputs as pretrain_outputs
 from kovocab.report import measure
 from kovocab.tokenizer import expand, merge, train
@@ -347,7 +347,8 @@ PRETRAIN = Stage(
            Flag("--prepare-data-only", help="build (or reuse) the token stores and exit (run once before a "
                 "multi-node job)", extra=SWITCH),
            Flag("--local_rank --local-rank", help=argparse.SUPPRESS, type=int)),  # deepspeed's launcher
-    nested=((StageConfig, "pretrain.stages"),), from_args=_pretrain_section, run_command=_pretrain_command,
+    nested=((StageConfig, "pretrain.stages"), (LoraConfig, "pretrain.lora")),
+    from_args=_pretrain_section, run_command=_pretrain_command,
     wire=_pretrain_wire, call=_pretrain_call, owned=pretrain_outputs,
     done_file=lambda cfg: Path(cfg.out_dir) / "hf" / "manifest.json",
     outputs=lambda cfg: {"model": Path(cfg.out_dir) / "hf"},

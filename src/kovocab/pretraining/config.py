@@ -22,7 +22,7 @@ from kovocab.model.safetensors_io import MODEL_FILES
 from kovocab.tokenizer.weights import SourceWeight
 
 SECTION = "pretrain"
-Train = Literal["new_embeddings", "embeddings", "all"]
+Train = Literal["new_embeddings", "embeddings", "all", "lora"]
 Precision = Literal["auto", "bf16", "fp32"]
 
 
@@ -35,7 +35,8 @@ class StageConfig:
     lr: float = opt(doc="peak learning rate of the non-embedding parameters")
     train: Train = opt(
         "all", "new_embeddings: only rows past the base vocabulary of embeddings and LM head; "
-        "embeddings: both matrices; all: every parameter",
+        "embeddings: both matrices; all: every parameter; lora: the LoRA adapters of `lora:` (+ embeddings "
+        "and LM head as lora.embeddings says)",
     )
     embedding_lr: float | None = opt(None, "peak learning rate of embeddings and LM head; default lr")
     warmup_steps: int = opt(0, "linear warmup from 0 over this many steps, then cosine decay")
@@ -57,6 +58,39 @@ class StageConfig:
             problems.append("weight_decay: must be 0 or more")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append("betas: two numbers in [0, 1)")
+        return problems
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft) for `train: lora` stages; the base weights stay frozen (Chinese-LLaMA)."""
+
+    rank: int = opt(8, "adapter rank r")
+    alpha: int = opt(16, "scaling numerator: the update is (alpha / rank) * B @ A")
+    dropout: float = opt(0.05, "dropout on the adapters' input")
+    target_modules: tuple[str, ...] = opt(LORA_TARGETS, "module names that get adapters (Llama: every linear "
+                                                        "of attention and MLP)")
+    embeddings: Literal["all", "new_rows", "frozen"] = opt(
+        "all", "what of the input embeddings and LM head trains in lora stages: all rows, new_rows (rows "
+        "past the base vocabulary, the gradient mask of new_embeddings), or frozen (adapters only)")
+    quantize: Literal["none", "4bit"] = opt("none", "4bit: QLoRA, the frozen base in NF4 (needs CUDA and "
+                                                    "bitsandbytes, extra `qlora`)")
+    save_adapter: bool = opt(True, "also write the adapter alone (peft format) to out_dir/adapter")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.rank < 1:
+            problems.append("rank: must be 1 or more")
+        if self.alpha <= 0:
+            problems.append("alpha: must be above 0")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout: must be in [0, 1)")
+        if not self.target_modules or len(set(self.target_modules)) != len(self.target_modules):
+            problems.append(f"target_modules: distinct module names, e.g. [q_proj, v_proj], got "
+                            f"{list(self.target_modules)}")
         return problems
 
 
@@ -97,6 +131,8 @@ class PretrainConfig:
     peak_flops: float | None = opt(None, "peak FLOP/s per device for MFU (H100 SXM bf16: 989e12); null: none")
     export_stages: bool = opt(False, "also export a Hugging Face checkpoint at the end of every stage")
     dist_backend: Literal["auto", "nccl", "gloo"] = opt("auto", "auto: nccl with GPUs, gloo on CPU")
+    lora: LoraConfig | None = opt(None, "LoRA adapters for `train: lora` stages (see 'pretrain.lora'); "
+                                        "null: the defaults listed there")
 
     def check(self) -> list[str]:
         problems = [f"stages[{i}].{p}" for i, s in enumerate(self.stages) for p in s.check()]
@@ -119,7 +155,20 @@ class PretrainConfig:
             problems.append("max_grad_norm: must be 0 or more")
         if self.peak_flops is not None and self.peak_flops <= 0:
             problems.append("peak_flops: must be above 0, or null")
+        trains = {s.train for s in self.stages}
+        if "lora" in trains and "all" in trains:
+            problems.append("stages: train: lora and train: all in one run; a LoRA run keeps the base "
+                            "weights frozen (train them all in another run, or drop the lora stage)")
+        if self.lora is not None and "lora" not in trains:
+            problems.append("lora: given, but no stage has train: lora; add one or remove lora:")
         return problems
+
+    @property
+    def lora_config(self) -> LoraConfig | None:
+        """The adapters' settings when a stage trains LoRA (the section, or its defaults), else None."""
+        if not any(s.train == "lora" for s in self.stages):
+            return None
+        return self.lora if self.lora is not None else LoraConfig()
 
     @property
     def total_steps(self) -> int:
@@ -231,6 +280,9 @@ def load_pretrain_config(data: dict[str, Any]) -> PretrainConfig:
 
 # hf/ and stages/NAME/: a model folder as kovocab writes one.
 EXPORT = Owned(SECTION, files=MODEL_FILES)
+# adapter/: a LoRA adapter in peft's format (and peft's model card), with the run's tokenizer.
+ADAPTER = Owned(SECTION, files=(*exact("adapter_config.json", "adapter_model.safetensors", "README.md"),
+                                 *MODEL_FILES[-5:]))
 
 
 def outputs(cfg: PretrainConfig) -> Owned:
@@ -238,7 +290,7 @@ def outputs(cfg: PretrainConfig) -> Owned:
     refused, and only these are ever removed (`kovocab run` with a changed config)."""
     from kovocab.pretraining.token_store import OUTPUTS as STORE
 
-    dirs: dict[str, Owned | None] = {"checkpoints": None, "hf": EXPORT,
+    dirs: dict[str, Owned | None] = {"checkpoints": None, "hf": EXPORT, "adapter": ADAPTER,
                                      "stages": Owned(SECTION, dirs={".+": EXPORT})}
     if cfg.store_dir.parent == cfg.out_dir:  # the default out_dir/tokens, or a folder beside it
         dirs[re.escape(cfg.store_dir.name)] = Owned("token_store", dirs={"train|replay": STORE})

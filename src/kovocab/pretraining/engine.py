@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kovocab.errors import InputError
-from kovocab.pretraining.config import SECTION, PretrainConfig, StageConfig
+from kovocab.pretraining.config import SECTION, LoraConfig, PretrainConfig, StageConfig
 from kovocab.pretraining.masks import mask_old_rows, unmask_rows
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,10 @@ def load_model(cfg: PretrainConfig, ds: dict[str, Any]) -> tuple[Any, Any]:
     # transformers keeps only a weak reference: this object must outlive from_pretrained,
     # and it stays alive for the run so that later gathers see ZeRO-3 as enabled.
     keep = HfDeepSpeedConfig(ds)
-    model = AutoModelForCausalLM.from_pretrained(str(cfg.model_dir), dtype=torch_dtype(ds))
+    from kovocab.pretraining.lora import quantization_kwargs
+
+    model = AutoModelForCausalLM.from_pretrained(str(cfg.model_dir), dtype=torch_dtype(ds),
+                                                 **quantization_kwargs(cfg, torch_dtype(ds)))
     head = model.get_output_embeddings()
     if head is None or head.weight is model.get_input_embeddings().weight:  # tied in code, not config
         raise InputError(f"{SECTION}.model_dir: {cfg.model_dir} has no untied LM head; "
@@ -159,33 +162,43 @@ def param_shape(p: Any) -> tuple[int, ...]:
 
 
 def build_engine(model: Any, stage: StageConfig, ds: dict[str, Any], first_trainable: int | None,
-                 on_gpu: bool) -> Any:
+                 on_gpu: bool, lora: LoraConfig | None = None) -> Any:
     """A DeepSpeed engine that trains what `stage` names.
 
     One engine per stage, not one engine with lr=0 groups: frozen parameters are left
     out of the optimizer (requires_grad False), so ZeRO-3 neither reduce-scatters their
     gradients nor keeps fp32 masters and Adam moments for them (in stage 1 of a 7B model
     that is ~97% of the parameters), and every stage starts with fresh Adam moments.
+    A `lora` stage trains the adapters and, as `lora.embeddings` says, the two matrices.
     """
     import deepspeed
     import torch
 
+    from kovocab.pretraining.lora import is_adapter
+
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     matrices = {id(emb), id(head)}
     body = stage.train == "all"
+    adapters = [p for n, p in model.named_parameters() if is_adapter(n)] if stage.train == "lora" else []
+    embeddings = "all" if lora is None or stage.train != "lora" else lora.embeddings
+    trainable = ({*matrices} if embeddings != "frozen" else set()) | {id(p) for p in adapters}
     for p in model.parameters():
-        p.requires_grad_(body or id(p) in matrices)
-    if stage.train == "new_embeddings":
+        p.requires_grad_(body or id(p) in trainable)
+    if stage.train == "new_embeddings" or embeddings == "new_rows":
         if first_trainable is None:
+            what = "train: new_embeddings" if stage.train == "new_embeddings" else "lora.embeddings: new_rows"
             raise InputError(
-                f"{SECTION}.stages.{stage.name}: train: new_embeddings needs the base vocabulary size; "
+                f"{SECTION}.stages.{stage.name}: {what} needs the base vocabulary size; "
                 f"{SECTION}.model_dir has no resize manifest, so set {SECTION}.base_vocab_size"
             )
         mask_old_rows(model, first_trainable)
     else:
         unmask_rows(model)
     # Embeddings and LM head never decay: decoupled decay would move rows whose gradient is 0.
-    groups = [{"params": [emb, head], "lr": stage.embedding_lr or stage.lr, "weight_decay": 0.0}]
+    groups = [] if embeddings == "frozen" else [
+        {"params": [emb, head], "lr": stage.embedding_lr or stage.lr, "weight_decay": 0.0}]
+    if adapters:  # LoRA's A and B: matrices, decayed like the body's
+        groups.append({"params": adapters, "lr": stage.lr, "weight_decay": stage.weight_decay})
     if body:
         rest = [p for p in model.parameters() if id(p) not in matrices]
         groups.append({"params": [p for p in rest if len(param_shape(p)) >= 2], "lr": stage.lr,

@@ -28,6 +28,7 @@ from kovocab.pretraining.config import (
     outputs,
 )
 from kovocab.pretraining.loop import LAUNCHED, PretrainResult, prepare_data, pretrain
+from kovocab.pretraining.lora import check_lora_environment
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def launch_pretrain(recipe: PretrainConfig | str | Path, nproc_per_node: int = 1
         _die_with_parent()
         return pretrain(cfg, resume=resume)
     check_paths(cfg)
+    check_lora_environment(cfg)
     check_deepspeed_json(cfg, nproc_per_node)
     # This process holds the lock on out_dir for the whole job; the ranks it starts do not.
     with claim_output(cfg.out_dir, outputs(cfg), f"{SECTION}.out_dir"):

@@ -33,7 +33,8 @@ from kovocab.pretraining.engine import (
     partition_report,
     setup_distributed,
 )
-from kovocab.pretraining.export import export_hf
+from kovocab.pretraining.export import export_adapter, export_hf
+from kovocab.pretraining.lora import add_adapters, check_lora_environment, is_peft, trainable_counts
 from kovocab.pretraining.metrics import (
     MetricsLog,
     bits_per_byte,
@@ -77,6 +78,7 @@ class PretrainResult:
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     """Train `cfg.stages` in this process, one rank of the job (a 1-process job without a launcher)."""
     check_paths(cfg)
+    check_lora_environment(cfg)
     own_group = "RANK" not in os.environ  # a 1-process job made here, not by a launcher
     dist = setup_distributed(cfg.dist_backend)
     try:
@@ -165,6 +167,7 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
     partitions = partition_report(model, dist)
     if partitions is not None:
         write_json(cfg.out_dir / "zero3_partitions.json", partitions)
+    lora = cfg.lora_config
     n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
     mc = model.config
     # A tied embedding is counted once in n_params and is also the LM head's matmul: keep it.
@@ -194,15 +197,22 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
                 step = end  # finished before the checkpoint
                 continue
             t0 = time.perf_counter()
-            engine = build_engine(model, stage, ds, first_trainable, dist.on_gpu)
+            if stage.train == "lora" and lora is not None and not is_peft(model):
+                # Added right before the first engine that trains them: adapters partitioned by an
+                # earlier engine that froze them came back unpartitioned in the recompute of
+                # non-reentrant activation checkpointing (torch CheckpointError, DeepSpeed 0.19).
+                model = add_adapters(model, lora)
+            engine = build_engine(model, stage, ds, first_trainable, dist.on_gpu, lora)
             if first and state:
                 engine.load_checkpoint(str(ckpt_root), tag=tag)
                 log.info("resumed from %s (step %d)", ckpt_root / str(tag), resumed)
                 set_rng_state(state["rng"])  # after loading: DeepSpeed may draw random numbers
                 step = resumed or 0
             first = False
-            log.info("stage '%s' (%s, %d steps): engine ready in %.1f s", stage.name, stage.train,
-                     stage.steps, time.perf_counter() - t0)
+            counts = trainable_counts(model)
+            log.info("stage '%s' (%s, %d steps): engine ready in %.1f s, %d of %d parameters train",
+                     stage.name, stage.train, stage.steps, time.perf_counter() - t0, counts["trainable"],
+                     counts["total"])
             engine.train()
             while step < end:
                 t0 = time.perf_counter()
@@ -256,6 +266,9 @@ def _run(cfg: PretrainConfig, dist: Dist, resume: bool) -> PretrainResult:
                     torch.cuda.empty_cache()
         export = export_hf(model, cfg.out_dir / "hf", cfg, dist.is_main,
                            {"steps": step, "final_loss": last_loss, "parameters": n_params})
+        if lora is not None and lora.save_adapter:
+            export_adapter(model, cfg.out_dir / "adapter", cfg, dist.is_main,
+                           {"steps": step, "final_loss": last_loss})
     finally:
         metrics.close()
         if bar is not None:
