@@ -211,6 +211,8 @@ def test_bits_per_byte_agrees_after_resizing(base: Path, expanded_tokenizer: Pat
     delta = en["adapted"]["bits_per_byte"] - en["base"]["bits_per_byte"]
     assert f"| bits/byte · en | {en['base']['bits_per_byte']:.4f} | {en['adapted']['bits_per_byte']:.4f} | " \
            f"{delta:+.4f} |" in md
+    per_doc = en["base"]["tokens"] / en["base"]["documents"]  # English: the same pieces under both tokenizers
+    assert f"| tokens/document · en | {per_doc:.2f} | {per_doc:.2f} | +0.00 |" in md
     assert set(res.figures["kobest"]["sentineg"]["0"]) == {"base", "adapted"}
     assert "### sentineg (4 items)" in md and "| Δ adapted − base |" in md
 

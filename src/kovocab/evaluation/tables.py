@@ -65,6 +65,10 @@ def _summary(figures: dict[str, Any]) -> list[str]:
     for text, per_model in figures.get("bpb", {}).items():
         vals = [per_model[n]["bits_per_byte"] for n in names]
         rows.append([f"bits/byte · {text}", *map(_fmt, vals), *(_delta(v, vals[0]) for v in vals[1:])])
+    for text, per_model in figures.get("bpb", {}).items():  # under each model's own tokenizer
+        vals = [per_model[n]["tokens"] / per_model[n]["documents"] for n in names]
+        rows.append([f"tokens/document · {text}", *(_fmt(v, 2) for v in vals),
+                     *(_delta(v, vals[0], 2) for v in vals[1:])])
     for task, per_shots in figures.get("kobest", {}).items():
         for shots, per_model in per_shots.items():
             for metric in ("acc", "f1"):
@@ -99,7 +103,9 @@ def render_markdown(figures: dict[str, Any]) -> str:
 
     summary = _summary(figures)
     if summary:
-        out += ["## Summary", "", "Bits per byte: lower is better. KoBEST: higher is better.", ""]
+        out += ["## Summary", "", "Bits per byte: lower is better. KoBEST: higher is better. Tokens per "
+                "document (per sentence for a text set of one sentence per line): each model's tokenizer "
+                "on the documents scored for bits per byte.", ""]
         out += summary + [""]
 
     kobest = figures.get("kobest", {})
