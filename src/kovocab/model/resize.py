@@ -30,6 +30,7 @@ from kovocab.artifacts import (
 )
 from kovocab.config import opt
 from kovocab.errors import ConfigError, InputError, TokenizerError
+from kovocab.model.gguf_import import gguf_hint
 from kovocab.model.row_init import Init, RowPlan, init_rows, plan_rows
 from kovocab.model.row_init import resize_model_embeddings as resize_model_embeddings  # the in-memory path
 from kovocab.model.safetensors_io import (
@@ -238,6 +239,9 @@ def check_model_folder(model_dir: str | Path, where: str, base_rows: int | None 
     embedding rows. `expand-vocab --model` runs it before training the tokenizer.
     """
     src = Path(model_dir)
+    hint = gguf_hint(src, where)
+    if hint is not None:
+        raise InputError(hint)
     if not src.is_dir():
         raise InputError(f"{where}: folder not found: {src} (give a Hugging Face model folder)")
     if not (src / "config.json").is_file():

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from kovocab.artifacts import Owned, exact
 from kovocab.config import opt
 from kovocab.errors import ConfigError
+from kovocab.model.gguf_import import gguf_hint
 from kovocab.model.safetensors_io import MODEL_FILES
 from kovocab.tokenizer.weights import SourceWeight
 
@@ -138,7 +139,10 @@ def check_paths(cfg: PretrainConfig) -> None:
     """Every input the run reads exists; all missing ones are reported at once."""
     problems = []
     model_config = cfg.model_dir / "config.json"
-    if not model_config.is_file():
+    hint = gguf_hint(cfg.model_dir, f"{SECTION}.model_dir")
+    if hint is not None:
+        problems.append(hint)
+    elif not model_config.is_file():
         problems.append(f"{SECTION}.model_dir: no Hugging Face model at {cfg.model_dir} "
                         "(config.json missing); give the output folder of `kovocab resize-embeddings`")
     for key in ("train_data", "replay_data", "eval_korean", "eval_english"):
