@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import LLAMA2_MODEL as ROOT_LLAMA2
 from conftest import news_lines
 
 from kovocab.cli import main
@@ -164,3 +165,91 @@ def test_a_gguf_file_where_a_model_folder_goes_names_import_gguf(tiny_gguf: dict
     not_gguf = tiny_gguf["out"] / "config.json"
     assert main(["import-gguf", "--gguf", str(not_gguf), "--out", str(tmp_path / "x")]) == 1
     assert "is not a GGUF file" in capsys.readouterr().err
+
+
+# --- subword-mean rows for a byte-level base (the converted folder above as the base model) ---
+
+
+def spelled(text: str) -> str:
+    """`text` in ByteLevel's printable-byte alphabet, as a vocabulary stores it."""
+    from tokenizers import pre_tokenizers
+
+    return "".join(p for p, _ in pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+                   .pre_tokenize_str(text))
+
+
+def expand_bytelevel(base_json: Path, out: Path, words: list[str], special: str) -> dict[str, int]:
+    """A hand-made expansion: each word's bytes merged left to right into new tokens (the
+    prefixes, partial UTF-8 characters among them, are new tokens too), then a special token."""
+    data = json.loads(base_json.read_text(encoding="utf-8"))
+    vocab, merges = data["model"]["vocab"], data["model"]["merges"]
+    size = 1 + max([*vocab.values(), *(t["id"] for t in data["added_tokens"])])
+    for word in words:
+        chars = spelled(word)
+        prefix = chars[0]
+        for ch in chars[1:]:
+            if prefix + ch not in vocab:
+                vocab[prefix + ch] = size
+                size += 1
+                merges.append([prefix, ch])
+            prefix += ch
+    data["added_tokens"].append({"id": size, "content": special, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    out.mkdir()
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    for name in ("tokenizer_config.json",):
+        (out / name).write_bytes((base_json.parent / name).read_bytes())
+    return {**vocab, special: size}
+
+
+def test_resize_to_a_bytelevel_expansion_averages_the_base_bytes(tiny_gguf: dict[str, Any],
+                                                                  tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from kovocab.model.resize import resize_embeddings
+
+    base = tiny_gguf["out"]
+    base_vocab = json.loads((base / "tokenizer.json").read_text())["model"]
+    n_base = len(base_vocab["vocab"])
+    words = ["안녕", "하세요", " 대한민국"]
+    vocab = expand_bytelevel(base / "tokenizer.json", tmp_path / "tok", words, "<|ko|>")
+    res = resize_embeddings(base, tmp_path / "tok", tmp_path / "resized", pad_to_multiple_of=64)
+    assert res.tied and res.base_vocab_size == n_base and res.vocab_size % 64 == 0
+    old = load_file(base / "model.safetensors")["model.embed_tokens.weight"]
+    new = load_file(tmp_path / "resized" / "model.safetensors")["model.embed_tokens.weight"]
+    assert torch.equal(new[:n_base], old) and new.shape[0] == res.vocab_size
+    base_merges = {tuple(m) for m in base_vocab["merges"]}
+    for word in ("안녕", "하세요", "하"):  # whole words, and a partial UTF-8 character: 2 of 하's 3 bytes
+        chars = spelled(word)[: 2 if word == "하" else None]
+        # English text taught the base no merge between these bytes: it splits them byte by byte.
+        assert not any((a, b) in base_merges for a, b in zip(chars, chars[1:], strict=False))
+        expected = old[[base_vocab["vocab"][c] for c in chars]].mean(0)
+        assert torch.allclose(new[vocab[chars]], expected, atol=1e-6), word
+    # ' 대한민국': the space is its own base token 'Ġ'; the special token gets the mean of all rows.
+    ko = spelled(" 대한민국")
+    expected = old[[base_vocab["vocab"][c] for c in ko]].mean(0)
+    assert torch.allclose(new[vocab[ko]], expected, atol=1e-6)
+    assert torch.allclose(new[vocab["<|ko|>"]], old.mean(0), atol=1e-6)
+    assert res.plan.stats["rows_from_subwords"] == len(vocab) - n_base - 1
+    tok = AutoTokenizer.from_pretrained(tmp_path / "resized")
+    assert tok("안녕").input_ids == [vocab[spelled("안녕")]] and len(tok) == len(vocab)
+    config = json.loads((tmp_path / "resized" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["vocab_size"] == res.vocab_size
+
+
+def test_bytelevel_expansion_that_moves_a_base_id_is_refused(tiny_gguf: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    from kovocab.errors import TokenizerError
+    from kovocab.model.row_init import plan_rows
+
+    data = json.loads((tiny_gguf["out"] / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    a, b = "Ġthe", "Ġand"
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(TokenizerError, match="the base tokens must keep their ids"):
+        plan_rows(tiny_gguf["out"], tmp_path / "tokenizer.json")
+    with pytest.raises(TokenizerError, match="is a byte-level BPE tokenizer.json but"):
+        plan_rows(tiny_gguf["out"] / "tokenizer.json", ROOT_LLAMA2)
