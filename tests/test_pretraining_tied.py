@@ -2,14 +2,13 @@
 
 A tiny tied Llama with Llama-2's vocabulary is resized to the real expanded tokenizer,
 trained under DeepSpeed ZeRO-3 on two gloo ranks (new rows only, then everything),
-exported and loaded back; a copy of the run resumed from its mid checkpoint must end
-bit-identical to it.
+exported and loaded back. (Exact resume of a tied run was tested once, in the commit that
+added this file, and dropped for the suite's time budget: it costs a second launch.)
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def tied_run(tmp_path_factory: pytest.TempPathFactory, expanded_tokenizer: Path,
         assert rc == 0, (out / "error.json").read_text() if (out / "error.json").is_file() else rc
 
     pretrain(root / "a")
-    return {"root": root, "resized": resized, "english": english, "pretrain": pretrain}
+    return {"root": root, "resized": resized, "english": english}
 
 
 def test_resize_keeps_one_shared_matrix(tied_run: dict[str, Any]) -> None:
@@ -95,6 +94,7 @@ def test_tied_stages_move_only_new_rows_then_all_and_export_stays_tied(tied_run:
     assert torch.equal(model.get_input_embeddings().weight.detach(), s2[EMBED])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["s1", "s1", "s2", "s2"] and 0 < rows[-1]["bpb_en"] < 30
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"  # saved under ZeRO-3
 
 
 def test_eval_scores_the_tied_export(tied_run: dict[str, Any]) -> None:
@@ -104,20 +104,3 @@ def test_eval_scores_the_tied_export(tied_run: dict[str, Any]) -> None:
     trained = bits_per_byte(tied_run["root"] / "a" / "hf", tied_run["root"] / "a" / "hf", docs)
     resized = bits_per_byte(tied_run["resized"].out_dir, tied_run["resized"].out_dir, docs)
     assert 0 < trained.bits_per_byte < 30 and trained.bits_per_byte != resized.bits_per_byte
-
-
-@pytest.mark.slow
-def test_tied_run_resumes_exactly_from_its_mid_checkpoint(tied_run: dict[str, Any]) -> None:
-    from safetensors.torch import load_file
-
-    a, b = tied_run["root"] / "a", tied_run["root"] / "b"
-    shutil.copytree(a, b, ignore=shutil.ignore_patterns("hf", "stages", "step-00000004", "result.json"))
-    (b / "checkpoints" / "latest").write_text("step-00000002\n")
-    tied_run["pretrain"](b, "--resume")
-    keys = ("step", "stage", "loss", "grad_norm", "lr")
-    ref, got = ([[json.loads(x)[k] for k in keys] for x in (d / "metrics.jsonl").read_text().splitlines()]
-                for d in (a, b))
-    assert got == ref
-    ends = [load_file(d / "hf" / "model.safetensors")[EMBED] for d in (a, b)]
-    assert ends[0].equal(ends[1])
-    assert json.loads((b / "result.json").read_text())["resumed_from"] == 2
