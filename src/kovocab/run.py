@@ -241,8 +241,9 @@ def _check_sections(data: Mapping[str, Any], cfg: RunConfig) -> tuple[str, ...]:
         problems.append(f"{key}: not a section of a run recipe{hint} (sections: {', '.join(sorted(known))})")
     if problems:
         raise ConfigError(problems)
-    # Without an init_model section the model is a real checkpoint: resize_embeddings.model_dir.
-    return tuple(s for s in cfg.stages if s != "init_model" or "init_model" in data)
+    # Without an init_model (or import_gguf) section the model is a real checkpoint folder:
+    # resize_embeddings.model_dir.
+    return tuple(s for s in cfg.stages if s not in ("init_model", "import_gguf") or s in data)
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:

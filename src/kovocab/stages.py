@@ -25,7 +25,7 @@ from kovocab.config import absolutize_section, load_section, resolve_paths, to_d
 from kovocab.corpus import options as shard_options
 from kovocab.errors import ConfigError
 from kovocab.evaluation import bpb
-from kovocab.model import resize, tiny
+from kovocab.model import gguf_import, resize, tiny
 from kovocab.pretraining.config import PretrainConfig, StageConfig
 from kovocab.pretraining.config import outputs as pretrain_outputs
 from kovocab.report import measure
@@ -195,6 +195,25 @@ SHARD = Stage(
                          "duplicates": res.duplicates},
 )
 
+# --- import-gguf: a llama.cpp .gguf model converted once (its tokenizer is expand-vocab's base) -
+
+IMPORT_GGUF = Stage(
+    name="import_gguf", command="import-gguf", cls=gguf_import.ImportGgufConfig,
+    function="kovocab.model.gguf_import:import_gguf",
+    help="convert a llama.cpp .gguf model into a Hugging Face safetensors folder (once)",
+    description=(
+        "De-quantise a GGUF model file (transformers' GGUF loader) and write a Hugging Face\n"
+        "folder: config.json, model.safetensors, the tokenizer rebuilt from the file's metadata\n"
+        "(with llama.cpp's pre-tokenizer where transformers' converter drops it) and a manifest\n"
+        "with the GGUF's sha256. A folder already holding that conversion is reused.\n"
+        "Every later stage (resize-embeddings, pretrain, eval) reads the folder."),
+    flags=(Flag("--gguf", "gguf"), OUT),
+    show=gguf_import.summary_lines, owned=lambda cfg: gguf_import.OUTPUTS,
+    wire=lambda run_dir, outputs: {"out_dir": str(run_dir / "base_model")},
+    outputs=lambda cfg: {"model": cfg.out_dir, "tokenizer": cfg.out_dir},
+    summary=lambda res: {**res.stats, "reused": res.reused},
+)
+
 # --- tokenizer: train-tokenizer, merge-vocab, expand-vocab (both + report, + resize) ---------
 
 TRAIN_TOKENIZER = Stage(
@@ -229,6 +248,7 @@ EXPAND_VOCAB = Stage(
     show=expand.summary_lines, owned=lambda cfg: expand.OUTPUTS,
     # report=False: the run's own report stage measures base vs expanded on the same held-out split.
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
+                                        base=_get(outputs, "import_gguf", "tokenizer"),
                                         out_dir=str(run_dir / "tokenizer"), report=False),
     done_file=lambda cfg: Path(cfg.out_dir) / "tokenizer" / "manifest.json",
     outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base,
@@ -269,7 +289,8 @@ RESIZE = Stage(
         "tokenizer's split of the piece (subword-mean) or of all rows (mean)."),
     flags=(Flag("--model", "model_dir"), OUT),
     show=resize.summary_lines, owned=lambda cfg: resize.OUTPUTS,
-    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
+    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model")
+                                        or _get(outputs, "import_gguf", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
     outputs=lambda cfg: {"model": cfg.out_dir},
@@ -423,6 +444,6 @@ EVAL = Stage(
     outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
 )
 
-REGISTRY = (SHARD, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN, REPORT,
-            EVAL)
+REGISTRY = (SHARD, IMPORT_GGUF, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN,
+            REPORT, EVAL)
 STAGE_TABLE = tuple(s for s in REGISTRY if s.wire is not None)  # what `kovocab run` walks, in order

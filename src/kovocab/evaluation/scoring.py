@@ -76,6 +76,11 @@ def load_scorer(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from kovocab.model.gguf_import import gguf_hint
+
+    hint = gguf_hint(model_dir, what)
+    if hint is not None:
+        raise InputError(hint)
     if not Path(model_dir).is_dir():
         raise InputError(f"{what}: model folder not found: {model_dir}")
     tok_path = find_sentencepiece_model(tokenizer, what.replace("models", "tokenizers"))
