@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -135,10 +134,14 @@ def _convert(cfg: ImportGgufConfig, sha: str, t0: float) -> ImportGgufResult:
                                                           dtype=getattr(torch, cfg.dtype))
     except (ValueError, OSError, KeyError, NotImplementedError) as exc:
         raise InputError(f"{SECTION}.gguf: transformers cannot load {src} as a causal LM: {exc}") from exc
-    fix = PRE_TOKENIZERS.get(str(pre))
-    if fix is not None:
-        tokenizer.backend_tokenizer.pre_tokenizer = fix()
-        log.info("pre-tokenizer '%s': set as llama.cpp splits text (transformers' converter drops it)", pre)
+    byte_level = None
+    if metadata.get("tokenizer.ggml.model") == "gpt2":
+        # The tokenizer as llama.cpp runs it (tokenizer.bytelevel_base: with SmolLM2's
+        # 'smollm' digit split, which transformers' converter drops), as expand-vocab reads it.
+        from kovocab.tokenizer.bytelevel_base import load_byte_level_base
+
+        byte_level = load_byte_level_base(src, f"{SECTION}.gguf")
+        tokenizer.backend_tokenizer.pre_tokenizer = byte_level.tokenizer().pre_tokenizer
     # The weights are plain tensors now; the GGUF quantizer only blocks save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -147,7 +150,12 @@ def _convert(cfg: ImportGgufConfig, sha: str, t0: float) -> ImportGgufResult:
     remove_outputs(out, OUTPUTS, f"{SECTION}.out_dir")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    if byte_level is not None:
+        from kovocab.tokenizer.bytelevel import write_base_folder
+
+        write_base_folder(out, byte_level)
+    else:
+        tokenizer.save_pretrained(out)
     write_config(out, SECTION, cfg)
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
     res = ImportGgufResult(
@@ -210,18 +218,3 @@ def _result(cfg: ImportGgufConfig, manifest: dict[str, Any], reused: bool,
         vocab_size=int(s["vocab_size"]), parameters=int(s["parameters"]), tied=bool(s["tied"]),
         pre_tokenizer=s.get("pre_tokenizer"), probe_nll=float(s["probe_nll"]), reused=reused, seconds=seconds,
     )
-
-
-def _smollm() -> Any:
-    # llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM: every digit on its own, then GPT-2's split,
-    # as SmolLM's own tokenizer.json does (transformers' GGUF converter keeps only the latter).
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
-    ])
-
-
-# tokenizer.ggml.pre -> the pre-tokenizer llama.cpp applies, where transformers' converter differs.
-PRE_TOKENIZERS: dict[str, Callable[[], Any]] = {"smollm": _smollm}
