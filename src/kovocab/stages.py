@@ -25,7 +25,7 @@ from kovocab.config import absolutize_section, load_section, resolve_paths, to_d
 from kovocab.corpus import options as shard_options
 from kovocab.errors import ConfigError
 from kovocab.evaluation import bpb
-from kovocab.model import resize, tiny
+from kovocab.model import chat_vector, resize, tiny
 from kovocab.pretraining.config import PretrainConfig, StageConfig
 from kovocab.pretraining.config import outputs as pretrain_outputs
 from kovocab.report import measure
@@ -73,6 +73,7 @@ class Stage:
     owned: Callable[[Any], Any] | None = None  # config -> the artifacts.Owned a rerun may remove
     # (config, nproc_per_node, continue a stopped run?) -> result; default: function(config)
     call: Callable[[Any, int, bool], Any] | None = None
+    optional: bool = False  # kovocab run: runs only when the recipe has its section
 
     def config(self, data: Mapping[str, Any], section: dict[str, Any]) -> Any:
         if self.build is not None:
@@ -250,7 +251,7 @@ INIT_MODEL = Stage(
         "in smoke runs and tests. Real runs start from a real checkpoint instead."),
     flags=(OUT,),
     show=tiny.summary_lines,
-    owned=lambda cfg: tiny.OUTPUTS,
+    owned=lambda cfg: tiny.OUTPUTS, optional=True,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
     outputs=lambda cfg: {"model": cfg.out_dir},
@@ -272,7 +273,7 @@ RESIZE = Stage(
     wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
-    outputs=lambda cfg: {"model": cfg.out_dir},
+    outputs=lambda cfg: {"model": cfg.out_dir, "base": cfg.model_dir},
     summary=lambda res: dict(res.stats),
 )
 
@@ -354,6 +355,28 @@ PRETRAIN = Stage(
     summary=lambda res: {"steps": res.steps, "final_loss": res.final_loss, "seconds": res.seconds},
 )
 
+# --- chat vector (C + s * (I - B): the instruct model's difference on the pretrained model) -----
+
+CHAT_VECTOR = Stage(
+    name="chat_vector", command="chat-vector", cls=chat_vector.ChatVectorConfig,
+    function="kovocab.model.chat_vector:chat_vector",
+    help="add an instruct model's difference (instruct - base) to the continued-pretrained model",
+    description=(
+        "Write C + scale * (I - B): B the base model, I its instruct model, C the continued-\n"
+        "pretrained model (vocabulary possibly expanded). Embedding and LM-head rows of B's\n"
+        "vocabulary get the difference; C's new rows are kept (or get the mean difference).\n"
+        "Streamed over the safetensors shards in row chunks; C's config and tokenizer are kept,\n"
+        "I's chat template is added. In `kovocab run`: after pretrain, on its exported model."),
+    flags=(Flag("--base", "base_model"), Flag("--instruct", "instruct_model"), Flag("--model", "model_dir"),
+           OUT),
+    show=chat_vector.summary_lines, owned=lambda cfg: chat_vector.OUTPUTS, optional=True,
+    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "pretrain", "model"),
+                                        base_model=_get(outputs, "resize_embeddings", "base"),
+                                        out_dir=str(run_dir / "chat_vector")),
+    outputs=lambda cfg: {"model": cfg.out_dir},
+    summary=lambda res: dict(res.stats),
+)
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -394,7 +417,9 @@ def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
     corpus = _get(outputs, "shard", "corpus")
     wired: dict[str, Any] = {"out_dir": str(run_dir / "eval")}
     if before is not None or after is not None:
-        pairs = [(n, m) for n, m in (("resized", before), ("pretrained", after)) if m is not None]
+        chat = _get(outputs, "chat_vector", "model")
+        pairs = [(n, m) for n, m in (("resized", before), ("pretrained", after), ("chat", chat))
+                 if m is not None]
         wired.update(models=[m for _, m in pairs], names=[n for n, _ in pairs])
     if corpus is not None:
         wired["bpb_texts"] = [{"name": "korean held-out", "path": corpus}]
@@ -423,6 +448,6 @@ EVAL = Stage(
     outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
 )
 
-REGISTRY = (SHARD, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN, REPORT,
-            EVAL)
+REGISTRY = (SHARD, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN, CHAT_VECTOR,
+            REPORT, EVAL)
 STAGE_TABLE = tuple(s for s in REGISTRY if s.wire is not None)  # what `kovocab run` walks, in order
