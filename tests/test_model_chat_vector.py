@@ -189,6 +189,17 @@ def test_tied_difference_added_once_loads_and_generates(tied: tuple[Path, Path, 
     ids = tok(prompt, return_tensors="pt").input_ids
     new = model.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6)[0, ids.shape[1]:]
     assert len(new) == 6 and isinstance(tok.decode(new), str)
+    # An untied C of the tied B and I: its separate head gets the one matrix's difference too.
+    untied_c = tmp_path / "C_untied"
+    shutil.copytree(c, untied_c, ignore=shutil.ignore_patterns("model*.safetensors*"))
+    wc = weights(c)
+    save_file({**wc, HEAD: wc[EMBED].clone()}, str(untied_c / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((untied_c / "config.json").read_text())
+    (untied_c / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    res = chat_vector(ChatVectorConfig(base_model=b, instruct_model=i, model_dir=untied_c,
+                                       out_dir=tmp_path / "out2"))
+    got = weights(res.out_dir)
+    assert not res.tied and torch.equal(got[HEAD], want[EMBED]) and torch.equal(got[EMBED], want[EMBED])
 
 
 def test_mismatches_are_named_before_anything_is_written(

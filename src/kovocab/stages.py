@@ -417,9 +417,7 @@ def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
     corpus = _get(outputs, "shard", "corpus")
     wired: dict[str, Any] = {"out_dir": str(run_dir / "eval")}
     if before is not None or after is not None:
-        chat = _get(outputs, "chat_vector", "model")
-        pairs = [(n, m) for n, m in (("resized", before), ("pretrained", after), ("chat", chat))
-                 if m is not None]
+        pairs = [(n, m) for n, m in (("resized", before), ("pretrained", after)) if m is not None]
         wired.update(models=[m for _, m in pairs], names=[n for n, _ in pairs])
     if corpus is not None:
         wired["bpb_texts"] = [{"name": "korean held-out", "path": corpus}]
