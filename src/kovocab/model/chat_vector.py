@@ -218,7 +218,8 @@ def _check(b: _Model, i: _Model, c: _Model) -> dict[str, str]:
     problems = []
     for key in _ARCH_KEYS:
         values = [_config_value(m.config, key) for m in (b, i, c)]
-        if len({json.dumps(v) for v in values}) > 1:
+        # A key one config leaves out (older files lack head_dim) is its default: not compared.
+        if len({json.dumps(v) for v in values if v is not None}) > 1:
             problems.append(f"config.json {key} differs: B {values[0]}, I {values[1]}, C {values[2]}")
     if (b.head is None) != (i.head is None):
         problems.append(f"tied LM head differs: {_tie(b)} in B, {_tie(i)} in I; give the instruct model of B")
