@@ -25,7 +25,7 @@ from kovocab.config import absolutize_section, load_section, resolve_paths, to_d
 from kovocab.corpus import options as shard_options
 from kovocab.errors import ConfigError
 from kovocab.evaluation import bpb
-from kovocab.model import gguf_import, resize, tiny
+from kovocab.model import chat_vector, gguf_import, resize, tiny
 from kovocab.pretraining.config import PretrainConfig, StageConfig
 from kovocab.pretraining.config import outputs as pretrain_outputs
 from kovocab.report import measure
@@ -73,6 +73,7 @@ class Stage:
     owned: Callable[[Any], Any] | None = None  # config -> the artifacts.Owned a rerun may remove
     # (config, nproc_per_node, continue a stopped run?) -> result; default: function(config)
     call: Callable[[Any, int, bool], Any] | None = None
+    optional: bool = False  # kovocab run: runs only when the recipe has its section
 
     def config(self, data: Mapping[str, Any], section: dict[str, Any]) -> Any:
         if self.build is not None:
@@ -208,7 +209,7 @@ IMPORT_GGUF = Stage(
         "with the GGUF's sha256. A folder already holding that conversion is reused.\n"
         "Every later stage (resize-embeddings, pretrain, eval) reads the folder."),
     flags=(Flag("--gguf", "gguf"), OUT),
-    show=gguf_import.summary_lines, owned=lambda cfg: gguf_import.OUTPUTS,
+    show=gguf_import.summary_lines, owned=lambda cfg: gguf_import.OUTPUTS, optional=True,
     wire=lambda run_dir, outputs: {"out_dir": str(run_dir / "base_model")},
     outputs=lambda cfg: {"model": cfg.out_dir, "tokenizer": cfg.out_dir},
     summary=lambda res: {**res.stats, "reused": res.reused},
@@ -270,7 +271,7 @@ INIT_MODEL = Stage(
         "in smoke runs and tests. Real runs start from a real checkpoint instead."),
     flags=(OUT,),
     show=tiny.summary_lines,
-    owned=lambda cfg: tiny.OUTPUTS,
+    owned=lambda cfg: tiny.OUTPUTS, optional=True,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
     outputs=lambda cfg: {"model": cfg.out_dir},
@@ -293,7 +294,7 @@ RESIZE = Stage(
                                         or _get(outputs, "import_gguf", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
-    outputs=lambda cfg: {"model": cfg.out_dir},
+    outputs=lambda cfg: {"model": cfg.out_dir, "base": cfg.model_dir},
     summary=lambda res: dict(res.stats),
 )
 
@@ -375,6 +376,28 @@ PRETRAIN = Stage(
     summary=lambda res: {"steps": res.steps, "final_loss": res.final_loss, "seconds": res.seconds},
 )
 
+# --- chat vector (C + s * (I - B): the instruct model's difference on the pretrained model) -----
+
+CHAT_VECTOR = Stage(
+    name="chat_vector", command="chat-vector", cls=chat_vector.ChatVectorConfig,
+    function="kovocab.model.chat_vector:chat_vector",
+    help="add an instruct model's difference (instruct - base) to the continued-pretrained model",
+    description=(
+        "Write C + scale * (I - B): B the base model, I its instruct model, C the continued-\n"
+        "pretrained model (vocabulary possibly expanded). Embedding and LM-head rows of B's\n"
+        "vocabulary get the difference; C's new rows are kept (or get the mean difference).\n"
+        "Streamed over the safetensors shards in row chunks; C's config and tokenizer are kept,\n"
+        "I's chat template is added. In `kovocab run`: after pretrain, on its exported model."),
+    flags=(Flag("--base", "base_model"), Flag("--instruct", "instruct_model"), Flag("--model", "model_dir"),
+           OUT),
+    show=chat_vector.summary_lines, owned=lambda cfg: chat_vector.OUTPUTS, optional=True,
+    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "pretrain", "model"),
+                                        base_model=_get(outputs, "resize_embeddings", "base"),
+                                        out_dir=str(run_dir / "chat_vector")),
+    outputs=lambda cfg: {"model": cfg.out_dir},
+    summary=lambda res: dict(res.stats),
+)
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -445,5 +468,5 @@ EVAL = Stage(
 )
 
 REGISTRY = (SHARD, IMPORT_GGUF, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN,
-            REPORT, EVAL)
+            CHAT_VECTOR, REPORT, EVAL)
 STAGE_TABLE = tuple(s for s in REGISTRY if s.wire is not None)  # what `kovocab run` walks, in order
