@@ -435,10 +435,11 @@ REPORT = Stage(
 
 def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
     before, after = _get(outputs, "resize_embeddings", "model"), _get(outputs, "pretrain", "model")
+    base = _get(outputs, "import_gguf", "model")  # a real pretrained model: scored first, as it came
     corpus = _get(outputs, "shard", "corpus")
     wired: dict[str, Any] = {"out_dir": str(run_dir / "eval")}
     if before is not None or after is not None:
-        pairs = [(n, m) for n, m in (("resized", before), ("pretrained", after)) if m is not None]
+        pairs = [(n, m) for n, m in (("base", base), ("resized", before), ("pretrained", after)) if m is not None]
         wired.update(models=[m for _, m in pairs], names=[n for n, _ in pairs])
     if corpus is not None:
         wired["bpb_texts"] = [{"name": "korean held-out", "path": corpus}]
