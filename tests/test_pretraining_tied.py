@@ -104,3 +104,30 @@ def test_eval_scores_the_tied_export(tied_run: dict[str, Any]) -> None:
     trained = bits_per_byte(tied_run["root"] / "a" / "hf", tied_run["root"] / "a" / "hf", docs)
     resized = bits_per_byte(tied_run["resized"].out_dir, tied_run["resized"].out_dir, docs)
     assert 0 < trained.bits_per_byte < 30 and trained.bits_per_byte != resized.bits_per_byte
+
+
+def test_after_stage_one_english_changes_only_by_the_new_rows_mass(tied_run: dict[str, Any],
+                                                                   shared_data: Path) -> None:
+    """Stage 1 moves only new rows of the tied matrix, so on English (no new token) every
+    log-probability is the base model's plus log(1 - q), q the probability the stage-1 model
+    puts on the new rows: the only English cost of stage 1, exactly."""
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    sp = spm.SentencePieceProcessor(model_file=str(shared_data / "llama2_tokenizer" / "tokenizer.model"))
+    lines = news_lines("en")
+    ids = torch.tensor([[sp.bos_id(), *sp.encode(" ".join(lines[k:k + 20]))][:128] for k in (40, 80)])
+    assert ids.shape == (2, 128)
+    base = AutoModelForCausalLM.from_pretrained(str(tied_run["root"] / "base")).eval()
+    s1 = AutoModelForCausalLM.from_pretrained(str(tied_run["root"] / "a" / "stages" / "s1")).eval()
+    with torch.no_grad():
+        lp_base = torch.log_softmax(base(ids).logits.double(), -1)
+        lp_s1 = torch.log_softmax(s1(ids).logits.double(), -1)
+    target = ids[:, 1:].unsqueeze(-1)
+    base_tok = lp_base[:, :-1].gather(-1, target).squeeze(-1)
+    s1_tok = lp_s1[:, :-1].gather(-1, target).squeeze(-1)
+    q = lp_s1[:, :-1, BASE_ROWS:].exp().sum(-1)
+    assert lp_s1.shape[-1] > BASE_ROWS and float(q.min()) > 0
+    torch.testing.assert_close(s1_tok, base_tok + torch.log1p(-q), atol=1e-4, rtol=0)
+    assert float((s1_tok - base_tok).abs().max()) > 1e-6  # the term is there, not zero
