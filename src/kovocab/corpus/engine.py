@@ -106,7 +106,7 @@ def text_schema() -> Any:
     return pa.schema([("record", pa.uint64()), ("text", pa.large_string())])
 
 
-def read_task(task: Task, cfg: ShardConfig, work: Path) -> dict[str, Any]:
+def read_task(task: Task, cfg: ShardConfig, work: Path, run_docs: int = RUN_DOCS) -> dict[str, Any]:
     """Clean and hash one input part; write its per-shard texts, signatures and sorted runs."""
     import pyarrow as pa
 
@@ -161,7 +161,7 @@ def read_task(task: Task, cfg: ShardConfig, work: Path) -> dict[str, Any]:
                 hashes = band_hashes(c.minhash, bands, rows)
             pending.append((c.records | base, d.copy(), hashes))
             kept += len(c.records)
-            if sum(len(p[0]) for p in pending) >= RUN_DOCS:
+            if sum(len(p[0]) for p in pending) >= run_docs:
                 flush()
         flush()
         for w in writers:
@@ -419,15 +419,18 @@ def run_stage(name: str, pool: ProcessPoolExecutor, fn: Callable[..., dict[str, 
 
 
 def stage_calls(stage: str, cfg: ShardConfig, work: Path, out: Path, config_fp: str, inputs: list[InputFile],
-                keys: set[str] | None = None) -> tuple[Callable[..., dict[str, Any]], list[tuple[Any, ...]]]:
-    """The not-yet-done tasks of a stage after `read` (they need every read task finished)."""
+                keys: set[str] | None = None, share: slice | None = None
+                ) -> tuple[Callable[..., dict[str, Any]], list[tuple[Any, ...]]]:
+    """The not-yet-done tasks of a stage after `read` (they need every read task finished),
+    of `share` of the stage's whole plan (an array task's every N-th)."""
     parts = finished_parts(work, config_fp, keys)
     check_complete(parts, inputs, work)
+    share = slice(None) if share is None else share
     if stage == "dedup":
-        items = [i for i in dedup_plan(cfg, parts) if not dedup_path(work, config_fp, i).is_file()]
+        items = [i for i in dedup_plan(cfg, parts)[share] if not dedup_path(work, config_fp, i).is_file()]
         return dedup_task, [(i, cfg, parts, work, config_fp) for i in items]
     names = [shard_name("train", k, cfg.shards) for k in range(cfg.shards)] + [shard_name("eval", 0, 1)]
-    todo = [k for k, n in enumerate(names) if not _shard_done(work, out, config_fp, n)]
+    todo = [k for k in range(len(names))[share] if not _shard_done(work, out, config_fp, names[k])]
     return write_task, [(k, cfg, parts, work, out, config_fp) for k in todo]
 
 
@@ -444,8 +447,8 @@ def read_parts(inputs: list[InputFile], cfg: ShardConfig, workers: int) -> int:
     return 1 if len([i for i in inputs if not i.empty]) >= workers else workers
 
 
-def shard_local(cfg: ShardConfig, workers: int = 1, progress: bool | None = None) -> Any:
-    """Run stage `shard` with the local engine (every stage, then the manifest)."""
+def shard_local(cfg: ShardConfig, workers: int = 1) -> Any:
+    """Run stage `shard` with the local engine (every stage, then the manifest); a ShardResult."""
     with claim_output(cfg.out, OUTPUTS, "shard.out"):
         return _shard_local(cfg, workers)
 
@@ -472,7 +475,8 @@ def _shard_local(cfg: ShardConfig, workers: int) -> Any:
     todo = [t for t in tasks if not t.path(work, READ_DONE).is_file()]
     todo.sort(key=lambda t: (-t.inp.size, t.key))  # biggest first
     with make_pool(workers) as pool:
-        stages = {"read": run_stage("read", pool, read_task, [(t, cfg, work) for t in todo])}
+        calls = [(t, cfg, work, RUN_DOCS) for t in todo]
+        stages: dict[str, Any] = {"read": run_stage("read", pool, read_task, calls)}
         pl.check_yield(cfg, tasks, work, READ_DONE)
         keys = {t.key for t in tasks}
         stages["dedup"] = run_stage("dedup", pool, *stage_calls("dedup", cfg, work, out, cfp, inputs, keys))
@@ -576,7 +580,7 @@ def shard_stage(cfg: ShardConfig, stage: str, task: int, num_tasks: int) -> int:
         for t in todo:
             read_task(t, cfg, work)
         return len(todo)
-    fn, calls = stage_calls(stage, cfg, work, out, cfp, inputs)
-    for call in calls[task::num_tasks]:
+    fn, calls = stage_calls(stage, cfg, work, out, cfp, inputs, share=slice(task, None, num_tasks))
+    for call in calls:
         fn(*call)
-    return len(calls[task::num_tasks])
+    return len(calls)
