@@ -34,13 +34,14 @@ KLUE_STS = DATA / "klue" / "klue-sts-v1.1_dev.json"
 
 
 @pytest.fixture(scope="module")
-def nsmc_20k(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return nsmc_head(tmp_path_factory.mktemp("data") / "nsmc_20k.tsv.gz", 20_000)
+def nsmc_5k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return nsmc_head(tmp_path_factory.mktemp("data") / "nsmc_5k.tsv.gz", 5_000)
 
 
 @pytest.fixture(scope="module")
-def nsmc_5k(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return nsmc_head(tmp_path_factory.mktemp("data") / "nsmc_5k.tsv.gz", 5_000)
+def serial(tmp_path_factory: pytest.TempPathFactory, nsmc_5k: Path) -> Path:
+    """The serial engine's output: the reference."""
+    return shard_corpus(config(tmp_path_factory.mktemp("serial") / "out", nsmc_5k)).out
 
 
 def config(out: Path, nsmc: Path, **kw: object) -> ShardConfig:
@@ -52,36 +53,34 @@ def config(out: Path, nsmc: Path, **kw: object) -> ShardConfig:
     return ShardConfig(sources=sources, out=out, shards=3, near_dedupe=True, **kw)  # type: ignore[arg-type]
 
 
-def test_local_engine_keeps_what_serial_keeps_byte_for_byte(tmp_path, nsmc_20k, monkeypatch) -> None:
+def test_local_engine_keeps_what_serial_keeps_byte_for_byte(tmp_path, nsmc_5k, serial, monkeypatch) -> None:
     # Small runs and ranges, so several sorted runs per read task and several hash ranges per band.
-    monkeypatch.setattr(engine_mod, "RUN_DOCS", 4096)
-    monkeypatch.setattr(engine_mod, "RANGE_ENTRIES", 8192)
-    serial = shard_corpus(config(tmp_path / "serial", nsmc_20k))
-    local = shard_corpus(config(tmp_path / "local", nsmc_20k, parts_per_file=3), workers=2, engine="local")
-    assert digests(local.out) == digests(serial.out)
-    assert manifest_without_out(local.out) == manifest_without_out(serial.out)
-    assert local.stages["read"]["tasks"] == 3 * 4  # 4 inputs x 3 parts
-    assert local.stages["dedup"]["tasks"] == 3 * (1 + banding(0.8, 64)[0])  # 3 ranges: exact + 10 bands
-    assert local.stages["write"]["tasks"] == 4
+    monkeypatch.setattr(engine_mod, "RUN_DOCS", 1024)
+    monkeypatch.setattr(engine_mod, "RANGE_ENTRIES", 2048)
+    local = shard_corpus(config(tmp_path / "local", nsmc_5k, parts_per_file=3), workers=2, engine="local")
+    assert digests(local.out) == digests(serial)
+    assert manifest_without_out(local.out) == manifest_without_out(serial)
     s = json.loads((local.out / "manifest.json").read_text())["stats"]
-    assert s["docs_in"] == 20_000 + 1_617 + 1_454 + 519 == s["kept"] + s["dropped"] + s["duplicates"]
+    assert s["docs_in"] == 5_000 + 1_617 + 1_454 + 519 == s["kept"] + s["dropped"] + s["duplicates"]
+    ranges = -(-(s["kept"] + s["duplicates"]) // 2048)  # documents that passed the filters
+    assert ranges >= 3 and local.stages["dedup"]["tasks"] == ranges * (1 + banding(0.8, 64)[0])
+    assert local.stages["read"]["tasks"] == 3 * 4 and local.stages["write"]["tasks"] == 4  # 3 parts each
     assert s["duplicates_by_kind"]["near"] > 0 and s["duplicates_by_kind"]["exact"] > 0
     for name, src in s["sources"].items():
         accounted = src["kept"] + sum(src["dropped"].values()) + sum(src["duplicates"].values())
         assert src["docs_in"] == accounted, name
     # A finished folder is complete for either engine.
-    assert shard_corpus(config(tmp_path / "local", nsmc_20k), engine="serial").already_done
+    assert shard_corpus(config(tmp_path / "local", nsmc_5k), engine="serial").already_done
 
 
-def test_cluster_stages_then_finish_give_the_same_bytes(tmp_path, nsmc_5k) -> None:
-    ref = shard_corpus(config(tmp_path / "ref", nsmc_5k))
+def test_cluster_stages_then_finish_give_the_same_bytes(tmp_path, nsmc_5k, serial) -> None:
     cfg = config(tmp_path / "array", nsmc_5k, parts_per_file=2)
     ran = {stage: [shard_stage(cfg, stage, i, 2) for i in range(2)] for stage in ("read", "dedup", "write")}
     assert sum(ran["read"]) == 4 * 2 and sum(ran["write"]) == 4
     # The driver finds every task done and only writes quarantine.jsonl and the manifest.
     assert main(["shard", "--engine", "local", "--out", str(cfg.out), "-q", "--recipe",
                  str(_recipe(tmp_path, cfg))]) == 0
-    assert digests(cfg.out) == digests(ref.out)
+    assert digests(cfg.out) == digests(serial)
     with pytest.raises(Exception, match="stage read is not complete"):
         other = config(tmp_path / "half", nsmc_5k)
         shard_stage(other, "dedup", 0, 1)
@@ -110,15 +109,14 @@ def _wait(predicate, proc: subprocess.Popen, timeout_s: float = 120) -> bool:
     raise TimeoutError("the shard run neither progressed nor finished")
 
 
-def test_sigkilled_local_engine_resumes_to_identical_bytes(tmp_path, nsmc_5k) -> None:
-    ref = shard_corpus(config(tmp_path / "ref", nsmc_5k))
+def test_sigkilled_local_engine_resumes_to_identical_bytes(tmp_path, nsmc_5k, serial) -> None:
     cfg = config(tmp_path / "out", nsmc_5k, parts_per_file=3)
     cmd = [sys.executable, "-m", "kovocab", "shard", "--engine", "local", "--workers", "2", "-q",
            "--recipe", str(_recipe(tmp_path, cfg))]
     out, work = cfg.out, cfg.out / ".work"
     # Killed (driver and workers: the whole process group) after the first read task finished,
-    # then again once a dedup task has written its range, if the rerun gets that far.
-    for done in ("*.read.json", "*-near-b*.npy"):
+    # then again once the first shard is written, if the rerun gets that far.
+    for done in ("*.read.json", "*-shard-*.json"):
         proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         caught = _wait(lambda pattern=done: list(work.glob(pattern)), proc)
         if caught:
@@ -129,22 +127,33 @@ def test_sigkilled_local_engine_resumes_to_identical_bytes(tmp_path, nsmc_5k) ->
         assert not (out / "manifest.json").exists()
     assert main(["shard", "--engine", "local", "--workers", "2", "-q", "--recipe",
                  str(_recipe(tmp_path, cfg))]) == 0
-    assert digests(out) == digests(ref.out)
+    assert digests(out) == digests(serial)
     assert not work.exists() and not list(out.glob(".*.tmp"))
 
 
 def _variant(text: str, target: float, rng: random.Random, width: int = 5) -> tuple[str, float] | None:
-    """`text` with Hangul syllables substituted until the Jaccard similarity of the character
-    shingle sets is within 0.015 of `target` (None if it overshoots)."""
+    """`text` with Hangul syllables substituted (the fewest, in a random order) until the
+    Jaccard similarity of the character shingle sets is within 0.015 of `target` (else None)."""
     base = set(shingles(text, width))
-    chars = list(text)
-    while True:
-        pos = rng.randrange(len(chars))
-        chars[pos] = chr(rng.randrange(0xAC00, 0xD7A4))
+    order = rng.sample(range(len(text)), len(text))
+    subs = [chr(rng.randrange(0xAC00, 0xD7A4)) for _ in order]
+
+    def changed(k: int) -> tuple[str, float]:
+        chars = list(text)
+        for pos, ch in zip(order[:k], subs[:k], strict=True):
+            chars[pos] = ch
         other = set(shingles("".join(chars), width))
-        j = len(base & other) / len(base | other)
-        if j <= target + 0.015:
-            return ("".join(chars), j) if j >= target - 0.015 else None
+        return "".join(chars), len(base & other) / len(base | other)
+
+    lo, hi = 0, len(text)  # similarity falls as k grows: find the first k at or below target + 0.015
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if changed(mid)[1] <= target + 0.015:
+            hi = mid
+        else:
+            lo = mid + 1
+    result = changed(lo)
+    return result if abs(result[1] - target) <= 0.015 else None
 
 
 def planted(n: int, seed: int = 0) -> tuple[list[str], dict[float, list[tuple[int, int, float]]]]:
