@@ -21,7 +21,7 @@ from conftest import DATA
 from test_corpus_pipeline import digests, manifest_without_out, nsmc_head
 
 from kovocab.cli import main
-from kovocab.corpus import ShardConfig, SourceConfig, iter_shard_texts, shard_corpus
+from kovocab.corpus import ShardConfig, SourceConfig, iter_shard_texts, shard_corpus, shard_local
 from kovocab.corpus import engine as engine_mod
 from kovocab.corpus.dedup import MinHasher, shingles
 from kovocab.corpus.engine import shard_stage
@@ -57,7 +57,7 @@ def test_local_engine_keeps_what_serial_keeps_byte_for_byte(tmp_path, nsmc_5k, s
     # Small runs and ranges, so several sorted runs per read task and several hash ranges per band.
     monkeypatch.setattr(engine_mod, "RUN_DOCS", 1024)
     monkeypatch.setattr(engine_mod, "RANGE_ENTRIES", 2048)
-    local = shard_corpus(config(tmp_path / "local", nsmc_5k, parts_per_file=3), workers=2, engine="local")
+    local = shard_local(config(tmp_path / "local", nsmc_5k, parts_per_file=3), workers=2)
     assert digests(local.out) == digests(serial)
     assert manifest_without_out(local.out) == manifest_without_out(serial)
     s = json.loads((local.out / "manifest.json").read_text())["stats"]
@@ -70,7 +70,7 @@ def test_local_engine_keeps_what_serial_keeps_byte_for_byte(tmp_path, nsmc_5k, s
         accounted = src["kept"] + sum(src["dropped"].values()) + sum(src["duplicates"].values())
         assert src["docs_in"] == accounted, name
     # A finished folder is complete for either engine.
-    assert shard_corpus(config(tmp_path / "local", nsmc_5k), engine="serial").already_done
+    assert shard_corpus(config(tmp_path / "local", nsmc_5k)).already_done
 
 
 def test_cluster_stages_then_finish_give_the_same_bytes(tmp_path, nsmc_5k, serial) -> None:
@@ -190,7 +190,7 @@ def test_near_dup_recall_on_planted_pairs_at_0_9_and_0_8(tmp_path) -> None:
     (tmp_path / "in.txt").write_text("\n".join(docs + short) + "\n", encoding="utf-8")
     cfg = ShardConfig(sources=(SourceConfig(name="laws", paths=(str(tmp_path / "in.txt"),)),),
                       out=tmp_path / "out", shards=1, eval_permille=0, near_dedupe=True)
-    res = shard_corpus(cfg, workers=2, engine="local")
+    res = shard_local(cfg, workers=2)
     kept = set(iter_shard_texts(res.out))
     assert all(docs[i] in kept for i in range(len(docs) // 2))  # no original is dropped
     recall = {t: np.mean([docs[v] not in kept for _, v, _ in ps]) for t, ps in pairs.items()}

@@ -175,7 +175,11 @@ def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
         ran = shard_tasks(cfg, args.task, args.num_tasks, workers=args.workers)
         return [f"task {args.task}/{args.num_tasks}: ran {ran} phase-1 task(s) into {cfg.out}/.work",
                 "when every task has finished, run the same command without --task/--num-tasks to merge"]
-    return summary_lines(shard_corpus(cfg, workers=args.workers, engine=args.engine))
+    if args.engine == "local":
+        from kovocab.corpus.engine import shard_local
+
+        return summary_lines(shard_local(cfg, workers=args.workers))
+    return summary_lines(shard_corpus(cfg, workers=args.workers))
 
 
 SHARD = Stage(

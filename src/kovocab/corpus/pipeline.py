@@ -209,27 +209,15 @@ def summary_lines(res: ShardResult) -> list[str]:
     return [*lines, f"  quarantine: {res.quarantine}", f"  manifest: {res.manifest}"]
 
 
-ENGINES = ("serial", "local")
-
-
-def shard_corpus(
-    cfg: ShardConfig, workers: int = 1, progress: bool | None = None, engine: str = "serial"
-) -> ShardResult:
+def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = None) -> ShardResult:
     """Run stage `shard` (both phases) and return where its outputs are.
 
-    engine "serial": phase 1 on `workers` processes, then one process dedupes and writes
-    (memory grows with the corpus); "local": every step as bounded tasks on `workers`
-    processes (kovocab.corpus.engine). Both keep the same documents and write the same bytes.
+    This is engine `serial`: phase 1 on `workers` processes, then one process dedupes and
+    writes (its memory grows with the corpus). kovocab.corpus.engine.shard_local runs every
+    step as bounded tasks instead; both keep the same documents and write the same bytes.
     Holds the lock on `cfg.out` while it runs; a folder holding files that `shard` does not
     write (anything but its shards, quarantine.jsonl, config.yaml, manifest.json) is refused.
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    if engine == "local":
-        from kovocab.corpus.engine import shard_local
-
-        result: ShardResult = shard_local(cfg, workers)
-        return result
     with claim_output(cfg.out, OUTPUTS, "shard.out"):
         return _shard_corpus(cfg, workers, progress)
 
