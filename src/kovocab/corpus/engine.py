@@ -378,21 +378,28 @@ def _reset_peak() -> None:
         pass
 
 
-def _peak_rss_mb() -> float:
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def _peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _call(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> dict[str, Any]:
     _reset_peak()
+    start = _status_mb("VmRSS") or 0.0
     t0 = time.process_time()
     result = fn(*args)
-    return {**result, "_cpu_s": time.process_time() - t0, "_peak_rss_mb": _peak_rss_mb()}
+    peak = _peak_rss_mb()
+    return {**result, "_cpu_s": time.process_time() - t0, "_peak_rss_mb": peak, "_growth_mb": peak - start}
 
 
 def _init_worker() -> None:
@@ -412,7 +419,9 @@ def run_stage(name: str, pool: ProcessPoolExecutor, fn: Callable[..., dict[str, 
     results = list(pool.map(_call, [fn] * len(calls), calls)) if calls else []
     stats = {"tasks": len(calls), "wall_s": round(time.monotonic() - t0, 3),
              "cpu_s": round(sum(r["_cpu_s"] for r in results), 3),
-             "peak_rss_mb_per_worker": round(max((r["_peak_rss_mb"] for r in results), default=0.0), 1)}
+             "peak_rss_mb_per_worker": round(max((r["_peak_rss_mb"] for r in results), default=0.0), 1),
+             # what one task added to its worker's resident memory (the rest: imports, earlier tasks)
+             "task_growth_mb": round(max((r["_growth_mb"] for r in results), default=0.0), 1)}
     log.info("stage %s: %d task(s) in %.1f s, peak %.0f MB per worker", name, len(calls), stats["wall_s"],
              stats["peak_rss_mb_per_worker"])
     return stats
