@@ -208,7 +208,7 @@ def test_near_dup_recall_on_planted_pairs_at_0_9_and_0_8(tmp_path) -> None:
     hashes = band_hashes(sigs, bands, rows)
     candidates = set()
     for b in range(bands):
-        a, c = bucket_pairs(sort_band(hashes[:, b], ids))
+        a, c = bucket_pairs(sort_band(hashes[:, b], ids), lambda which: sigs[which.astype(np.int64)])
         candidates |= set(zip(a.tolist(), c.tolist(), strict=True))
     for t, ps in pairs.items():
         measured = np.mean([(i, v) in candidates for i, v, _ in ps])

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import resource
 import shutil
 import time
@@ -254,10 +255,10 @@ def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Pa
         candidates = len(result)
     else:
         table = table[np.lexsort((table[:, 1], table[:, 0]))]
-        a, b = bucket_pairs(table)
+        sigs = Signatures(cfg, parts, work)
+        a, b = bucket_pairs(table, sigs.lookup)
         candidates = len(a)
         if len(a):
-            sigs = Signatures(cfg, parts, work)
             ok = verified(sigs.lookup(a), sigs.lookup(b), cfg.near_threshold)
             a, b = a[ok], b[ok]
         result = unique_pairs(a, b)
@@ -266,23 +267,17 @@ def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Pa
 
 
 class Signatures:
-    """MinHash signatures by document id, memory-mapped from the read tasks' files."""
+    """MinHash signatures by document id, read row by row from the read tasks' files (no
+    memory map: its touched pages would count against the task however many it reads)."""
 
     def __init__(self, cfg: ShardConfig, parts: list[Part], work: Path) -> None:
         self.perms = cfg.minhash_perms
         self.parts = {(base_id(cfg, p.source, p.index) >> RECORD_BITS, p.part): p for p in parts}
         self.work = work
-        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def _files(self, p: Part) -> tuple[np.ndarray, np.ndarray]:
-        if p.key not in self.cache:
-            rec = np.memmap(p.path(self.work, ".rec"), dtype="<u8", mode="r")
-            sig = np.memmap(p.path(self.work, ".sig"), dtype=np.uint32, mode="r").reshape(-1, self.perms)
-            self.cache[p.key] = rec, sig
-        return self.cache[p.key]
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), self.perms), dtype=np.uint32)
+        width = 4 * self.perms
         inputs, records = ids >> np.uint64(RECORD_BITS), ids & np.uint64((1 << RECORD_BITS) - 1)
         for key in np.unique(inputs).tolist():
             sel = np.flatnonzero(inputs == key)
@@ -291,9 +286,14 @@ class Signatures:
                 raise RuntimeError(f"kovocab bug: no read task for document id input {key}")
             part_of = records[sel] % np.uint64(first.parts)
             for part in np.unique(part_of).tolist():
-                rows = sel[part_of == part]
-                rec, sig = self._files(self.parts[(key, part)])
-                out[rows] = sig[np.searchsorted(rec, records[rows])]
+                where = sel[part_of == part]
+                p = self.parts[(key, part)]
+                rec = np.fromfile(p.path(self.work, ".rec"), dtype="<u8")  # 8 bytes per document of a part
+                rows = np.searchsorted(rec, records[where])
+                with open(p.path(self.work, ".sig"), "rb") as f:
+                    fd = f.fileno()
+                    buf = b"".join(os.pread(fd, width, int(r) * width) for r in rows.tolist())
+                out[where] = np.frombuffer(buf, dtype=np.uint32).reshape(-1, self.perms)
         return out
 
 

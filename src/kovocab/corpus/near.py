@@ -9,6 +9,7 @@ Leskovec, Rajaraman, Ullman, Mining of Massive Datasets, ch. 3.4 (the S-curve).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -61,19 +62,45 @@ def sort_band(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.stack([hashes[order], ids[order]], axis=1)
 
 
-def bucket_pairs(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs (earlier id, later id) of a sorted band table: each member of a bucket
-    with each of the up to WINDOW members before it (a bucket is all ids with one hash)."""
-    h, ids = table[:, 0], table[:, 1]
-    left, right = [], []
+@np.errstate(over="ignore")
+def _signature_keys(sigs: np.ndarray) -> np.ndarray:
+    h = np.zeros(len(sigs), dtype=np.uint64)
+    for v in sigs.T:
+        h = (h ^ v.astype(np.uint64)) * _P1
+    return h
+
+
+def bucket_pairs(
+    table: np.ndarray, signatures: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (earlier id, later id) of a sorted band table (a bucket: all ids with
+    one hash). Members with the same whole signature (copies) pair with the first of them
+    only; the others pair with each of the up to WINDOW such members before them. So a text
+    copied a thousand times costs a thousand pairs, not WINDOW thousand. `signatures` gives
+    the signatures of ids (only members of buckets of two or more are asked for)."""
+    none = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    same = table[1:, 0] == table[:-1, 0]
+    multi = np.zeros(len(table), dtype=bool)
+    multi[1:] |= same
+    multi[:-1] |= same
+    if not multi.any():
+        return none
+    h, ids = table[multi, 0], table[multi, 1]
+    keys = _signature_keys(signatures(ids))
+    order = np.lexsort((ids, keys, h))
+    h, keys, ids = h[order], keys[order], ids[order]
+    new = np.ones(len(h), dtype=bool)
+    new[1:] = (h[1:] != h[:-1]) | (keys[1:] != keys[:-1])
+    first = ids[np.maximum.accumulate(np.where(new, np.arange(len(h)), 0))]
+    left, right = [first[~new]], [ids[~new]]
+    rep = np.lexsort((ids[new], h[new]))
+    rh, rid = h[new][rep], ids[new][rep]
     for k in range(1, WINDOW + 1):
-        same = np.flatnonzero(h[k:] == h[:-k])
-        if not len(same):
-            break  # no bucket has more than k members
-        left.append(ids[same])
-        right.append(ids[same + k])
-    if not left:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+        hit = np.flatnonzero(rh[k:] == rh[:-k])
+        if not len(hit):
+            break  # no bucket has more than k distinct signatures
+        left.append(rid[hit])
+        right.append(rid[hit + k])
     return np.concatenate(left), np.concatenate(right)
 
 
@@ -126,10 +153,14 @@ def near_duplicates(sigs: np.ndarray, ids: np.ndarray, threshold: float) -> np.n
         raise ValueError("kovocab bug: near_duplicates needs increasing ids")
     hashes = band_hashes(sigs, bands, rows)
     found_a, found_b = [], []
+
+    def lookup(which: np.ndarray) -> np.ndarray:
+        result: np.ndarray = sigs[np.searchsorted(ids, which)]
+        return result
+
     for band in range(bands):
-        a, b = bucket_pairs(sort_band(hashes[:, band], ids))
-        ia, ib = np.searchsorted(ids, a), np.searchsorted(ids, b)
-        ok = verified(sigs[ia], sigs[ib], threshold)
+        a, b = bucket_pairs(sort_band(hashes[:, band], ids), lookup)
+        ok = verified(lookup(a), lookup(b), threshold)
         found_a.append(a[ok])
         found_b.append(b[ok])
     pairs = unique_pairs(np.concatenate(found_a), np.concatenate(found_b))
