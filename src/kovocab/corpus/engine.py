@@ -43,15 +43,7 @@ from kovocab.artifacts import (
 )
 from kovocab.corpus.inputs import InputFile, probe, with_sha256
 from kovocab.corpus.merge import QUARANTINE, _manifest_body, doc_ids, targets
-from kovocab.corpus.near import (
-    band_hashes,
-    banding,
-    bucket_pairs,
-    components,
-    first_band,
-    unique_pairs,
-    verified,
-)
+from kovocab.corpus.near import band_hashes, banding, bucket_pairs, components, unique_pairs, verified
 from kovocab.corpus.options import OUTPUTS, SECTION, ShardConfig
 from kovocab.corpus.shards import (
     ShardWriter,
@@ -267,9 +259,7 @@ def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Pa
         a, b = bucket_pairs(table, sigs.lookup)
         candidates = len(a)
         if len(a):
-            sa, sb = sigs.lookup(a), sigs.lookup(b)
-            rows = banding(cfg.near_threshold, cfg.minhash_perms)[1]
-            ok = verified(sa, sb, cfg.near_threshold) & first_band(sa, sb, band, rows)
+            ok = verified(sigs.lookup(a), sigs.lookup(b), cfg.near_threshold)
             a, b = a[ok], b[ok]
         result = unique_pairs(a, b)
     _save(dedup_path(work, config_fp, item), result)

@@ -104,16 +104,6 @@ def bucket_pairs(
     return np.concatenate(left), np.concatenate(right)
 
 
-def first_band(sig_a: np.ndarray, sig_b: np.ndarray, band: int, rows: int) -> np.ndarray:
-    """Which pairs share no band before `band`: a pair is kept only by the first band it
-    shares, so each pair reaches union-find once, not once per shared band."""
-    if band == 0 or not len(sig_a):
-        return np.ones(len(sig_a), dtype=bool)
-    earlier = band_hashes(sig_a, band, rows) == band_hashes(sig_b, band, rows)
-    result: np.ndarray = ~earlier.any(axis=1)
-    return result
-
-
 def verified(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> np.ndarray:
     """Which candidate pairs have an estimated Jaccard (share of equal values) >= threshold."""
     equal = (sig_a == sig_b).sum(axis=1)
@@ -170,8 +160,7 @@ def near_duplicates(sigs: np.ndarray, ids: np.ndarray, threshold: float) -> np.n
 
     for band in range(bands):
         a, b = bucket_pairs(sort_band(hashes[:, band], ids), lookup)
-        sa, sb = lookup(a), lookup(b)
-        ok = verified(sa, sb, threshold) & first_band(sa, sb, band, rows)
+        ok = verified(lookup(a), lookup(b), threshold)
         found_a.append(a[ok])
         found_b.append(b[ok])
     pairs = unique_pairs(np.concatenate(found_a), np.concatenate(found_b))
