@@ -158,12 +158,28 @@ def _shard_section(section: dict[str, Any], args: argparse.Namespace) -> dict[st
 def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
     from kovocab.corpus.pipeline import shard_corpus, shard_tasks, summary_lines
 
+    if args.stage is not None and args.engine != "local":
+        raise ConfigError("--stage runs one stage of --engine local: add --engine local")
     if args.task is not None or args.num_tasks is not None:
         if args.task is None or args.num_tasks is None:
             raise ConfigError("--task and --num-tasks go together (task I of N, I in 0..N-1)")
+        if args.engine == "local":
+            from kovocab.corpus.engine import shard_stage
+
+            if args.stage is None:
+                raise ConfigError("--engine local with --task: name the stage (--stage read, dedup or write)")
+            ran = shard_stage(cfg, args.stage, args.task, args.num_tasks)
+            return [f"stage {args.stage}, task {args.task}/{args.num_tasks}: ran {ran} task(s) in "
+                    f"{cfg.out}/.work",
+                    "when every task of every stage has finished, run the same command without "
+                    "--stage/--task/--num-tasks to finish"]
         ran = shard_tasks(cfg, args.task, args.num_tasks, workers=args.workers)
         return [f"task {args.task}/{args.num_tasks}: ran {ran} phase-1 task(s) into {cfg.out}/.work",
                 "when every task has finished, run the same command without --task/--num-tasks to merge"]
+    if args.engine == "local":
+        from kovocab.corpus.engine import shard_local
+
+        return summary_lines(shard_local(cfg, workers=args.workers))
     return summary_lines(shard_corpus(cfg, workers=args.workers))
 
 
@@ -175,10 +191,18 @@ SHARD = Stage(
         "Give INPUT paths (one source) or --recipe corpora/NAME.yaml (section shard:).\n"
         "A finished run is a no-op; a killed run resumes where it stopped.\n"
         "Cluster: run --task I --num-tasks N for every I in 0..N-1 (e.g. a SLURM array),\n"
-        "then the same command without --task/--num-tasks to merge."),
+        "then the same command without --task/--num-tasks to merge. With --engine local:\n"
+        "--stage read, then dedup, then write (each an array), then without --stage."),
     flags=(Flag("inputs", help="files, folders or globs (one source)", extra={"metavar": "INPUT"}),
            Flag("--out", "out", "output folder (shard.out)", type=str),
-           Flag("--workers", help="processes for phase 1 (default 1)", type=int, extra={"default": 1}),
+           Flag("--workers", help="processes for phase 1 (default 1); --engine local: for every stage",
+                type=int, extra={"default": 1}),
+           Flag("--engine", help="serial (default): phase 1 in parallel, then one process dedupes and "
+                "writes; local: every step as bounded tasks (memory flat in the corpus size)",
+                extra={"default": "serial", "choices": ["serial", "local"]}),
+           Flag("--stage", help="--engine local on a cluster: run only this stage's tasks "
+                "(read, dedup, write; with --task/--num-tasks)",
+                extra={"choices": ["read", "dedup", "write"]}),
            Flag("--task", help="run only phase-1 task I of --num-tasks (cluster array job)", type=int),
            Flag("--num-tasks", help="number of array tasks sharing phase 1", type=int),
            Flag("--name", help="INPUT source name (default: inputs)", extra={"default": "inputs"}),
