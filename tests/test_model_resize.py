@@ -256,7 +256,7 @@ def test_errors_say_what_and_where(tmp_path: Path, capsys: pytest.CaptureFixture
     base = tiny_llama(tmp_path / "base")
     with pytest.raises(TokenizerError, match=r"piece 260 is .* but the base .* has"):
         resize_embeddings(base, MISTRAL, tmp_path / "o3", base_tokenizer=LLAMA2_MODEL)
-    with pytest.raises(TokenizerError, match="no tokenizer.model; give the tokenizer"):
+    with pytest.raises(TokenizerError, match="no tokenizer.model or tokenizer.json; give the tokenizer"):
         resize_embeddings(base, CHINESE, tmp_path / "o4")
     with pytest.raises(InputError, match="is the input folder"):
         resize_embeddings(base, CHINESE, base, base_tokenizer=LLAMA2_MODEL)

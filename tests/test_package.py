@@ -92,10 +92,10 @@ def test_every_plain_config_key_is_a_flag(tmp_path: Path, capsys) -> None:  # ty
 
 
 # (command, its recipe section): every subcommand that reads a recipe
-COMMANDS = [("shard", "shard"), ("train-tokenizer", "tokenizer_training"), ("merge-vocab", "vocab_merge"),
-            ("expand-vocab", "expand_vocab"), ("init-model", "init_model"),
+COMMANDS = [("shard", "shard"), ("import-gguf", "import_gguf"), ("train-tokenizer", "tokenizer_training"),
+            ("merge-vocab", "vocab_merge"), ("expand-vocab", "expand_vocab"), ("init-model", "init_model"),
             ("resize-embeddings", "resize_embeddings"), ("bpb", "bpb"), ("report", "report"),
-            ("pretrain", "pretrain"), ("eval", "eval")]
+            ("pretrain", "pretrain"), ("chat-vector", "chat_vector"), ("eval", "eval")]
 
 
 def test_every_command_refuses_unknown_sections(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -103,19 +103,24 @@ def test_warmup_cosine_schedule() -> None:
     assert math.isclose(f(10), 0.1) and all(f(i) >= f(i + 1) for i in range(2, 12))
 
 
-def test_tied_embeddings_and_missing_inputs_are_refused_before_launch(tmp_path: Path) -> None:
+def test_missing_inputs_and_a_gguf_model_are_refused_before_launch(tmp_path: Path) -> None:
+    import dataclasses
+
     from kovocab.pretraining.config import StageConfig, check_paths
 
     model = tmp_path / "model"
     model.mkdir()
+    # Tied models train (tests/test_pretraining_tied.py): only the missing text is refused here.
     (model / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": True}))
     cfg = PretrainConfig(model_dir=model, train_data=(tmp_path / "nope",), out_dir=tmp_path / "out",
                          stages=(StageConfig(name="a", steps=1, lr=1e-3),),
                          deepspeed_config=ROOT / "pretrain" / "zero3_cpu.json")
     with pytest.raises(ConfigError) as err:
         check_paths(cfg)
-    assert "tie_word_embeddings: true" in str(err.value)
-    assert f"pretrain.train_data: path not found: {tmp_path / 'nope'}" in str(err.value)
+    assert str(err.value) == f"pretrain.train_data: path not found: {tmp_path / 'nope'}"
+    gguf = tmp_path / "m.gguf"
+    with pytest.raises(ConfigError, match=r"pretrain.model_dir: .*m\.gguf is a GGUF file; convert it once"):
+        check_paths(dataclasses.replace(cfg, model_dir=gguf))
 
 
 def test_deepspeed_json_conflicts_stop_the_launcher_before_any_rank_starts(

@@ -55,12 +55,19 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
 
 @pytest.mark.slow
 def test_run_every_stage_then_skip_and_rerun_downstream(tmp_path: Path) -> None:
-    """The end-to-end test: `kovocab run` through all seven stages, ZeRO-3 on two CPU ranks."""
+    """The end-to-end test: `kovocab run` through all eight stages, ZeRO-3 on two CPU ranks."""
+    from kovocab.model.tiny import InitModelConfig, init_model
+
     run_dir = tmp_path / "run"
-    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(run_dir))
+    data = tiny_recipe(run_dir)
+    # The chat vector's instruct model: B's architecture and vocabulary, other weights (seed 1).
+    instruct = init_model(InitModelConfig(**{**data["init_model"], "tokenizer": LLAMA2_MODEL, "seed": 1,
+                                             "out_dir": tmp_path / "instruct"})).out_dir
+    data["chat_vector"] = {"instruct_model": str(instruct), "new_rows": "mean"}
+    recipe = write_recipe(tmp_path / "tiny.yaml", data)
     assert main(["run", str(recipe), "-q"]) == 0
     state = json.loads((run_dir / "run.json").read_text())
-    assert sorted(state["stages"]) == sorted(STAGES)
+    assert sorted(state["stages"]) == sorted(s for s in STAGES if s != "import_gguf")  # no GGUF here
     assert all(s["status"] == "complete" for s in state["stages"].values())
     expand = state["stages"]["expand_vocab"]["summary"]
     assert expand["golden_tokens_before"] == 30 and expand["vocab_size"] == 33024
@@ -75,6 +82,11 @@ def test_run_every_stage_then_skip_and_rerun_downstream(tmp_path: Path) -> None:
     assert state["stages"]["pretrain"]["summary"]["steps"] == 6
     with safe_open(str(run_dir / "pretrain" / "hf" / "model.safetensors"), "pt") as f:
         assert f.get_slice("lm_head.weight").get_shape() == [33024, 32]
+    # chat_vector: pretrain's export + (instruct - the init_model base), in the expanded vocabulary.
+    cv = json.loads((run_dir / "chat_vector" / "manifest.json").read_text())
+    assert cv["inputs"]["model_dir"]["path"] == str(run_dir / "pretrain" / "hf")
+    assert cv["inputs"]["base_model"]["path"] == str(run_dir / "base_model")
+    assert (cv["stats"]["base_rows"], cv["stats"]["rows"]) == (32000, 33024)
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert {"base", "kovocab"} <= set(report["tokenizers"])
     # eval: the resized model (step 0) and the pretrained one, side by side.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL, news_lines
+from conftest import DATA, GOLDEN_KO, LLAMA2_MODEL, ROOT, news_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
@@ -368,3 +368,31 @@ def test_expand_vocab_to_the_base_size_is_refused_before_training(tmp_path: Path
                                              r"vocabulary size.*set it above 32000"):
         expand_vocab(base=LLAMA2_MODEL, corpus=NOVELS[:2], out_dir=tmp_path / "x", target_vocab_size=32000)
     assert not (tmp_path / "x" / "korean_bpe").exists()  # refused before the Korean model is trained
+
+
+def test_mistral_eeve_recipe_grows_32000_to_40960_and_keeps_english(
+    tmp_path: Path, korean_shards: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tokenizers/mistral_eeve_40960.yaml on the test corpus (the recipe's mix is built by a
+    shard recipe CI does not run): EEVE's size, Mistral v1's pieces untouched, English as before."""
+    from transformers import AutoTokenizer
+
+    recipe = ROOT / "tokenizers" / "mistral_eeve_40960.yaml"
+    base_file = DATA / "tokenizers" / "mistral_v1" / "tokenizer.model.v1"
+    assert main(["expand-vocab", "--recipe", str(recipe), "--set", f"expand_vocab.corpus=[{korean_shards}]",
+                 "--set", "expand_vocab.source_weights=null", "--out", str(tmp_path / "eeve"),
+                 "--korean-vocab-size", "12000", "--no-report"]) == 0
+    assert "tokenizer (40960 pieces)" in capsys.readouterr().out
+    folder = tmp_path / "eeve" / "tokenizer"
+    base, new = load_proto(base_file), load_proto(folder / "tokenizer.model")
+    assert len(base.pieces) == 32000 and len(new.pieces) == 40960
+    kept = [(p.piece, p.score, p.type) for p in new.pieces[:32000]]
+    assert kept == [(p.piece, p.score, p.type) for p in base.pieces]
+    base_sp = spm.SentencePieceProcessor(model_file=str(base_file))
+    fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    lines = _english_corpus()[:1500]
+    want = base_sp.encode(lines)
+    assert [e.ids for e in fast.encode_batch(lines, add_special_tokens=False)] == want
+    assert auto(lines, add_special_tokens=False)["input_ids"] == want
+    assert len(fast.encode(GOLDEN_KO, add_special_tokens=False).ids) < len(base_sp.encode(GOLDEN_KO)) / 1.5

@@ -3,7 +3,8 @@
 The pipeline, one function per stage (see the README):
 shard a Korean corpus, train Korean BPE pieces, merge them into the base
 SentencePiece vocabulary (`expand_vocab`), resize embeddings, continue
-pretraining (`launch_pretrain`), report tokenization efficiency and evaluate;
+pretraining (`launch_pretrain`), add a chat vector (`chat_vector`), report tokenization
+efficiency and evaluate;
 `run_recipe` runs a whole recipe.
 
 Heavy imports (torch, transformers, deepspeed) happen inside the stage functions,
@@ -42,6 +43,9 @@ _API = {
     "evaluate": "kovocab.evaluation",
     "EvalConfig": "kovocab.evaluation",
     "EvalResult": "kovocab.evaluation",
+    "chat_vector": "kovocab.model.chat_vector",
+    "ChatVectorConfig": "kovocab.model.chat_vector",
+    "ChatVectorResult": "kovocab.model.chat_vector",
     "init_model": "kovocab.model.tiny",
     "InitModelConfig": "kovocab.model.tiny",
     "run_recipe": "kovocab.run",

@@ -1,6 +1,7 @@
 """`kovocab run RECIPE.yaml`: every stage of a recipe, in order, into one run folder.
 
-shard → expand_vocab → init_model → resize_embeddings → pretrain → report → eval.
+shard → import_gguf → expand_vocab → init_model → resize_embeddings → pretrain → chat_vector → report → eval
+(import_gguf, init_model and chat_vector only when the recipe has their section).
 Each stage is the same function its subcommand calls, built from the recipe section of
 the same name; the runner only fills the paths that connect one stage to the next
 (a key the recipe sets always wins) and skips a stage whose outputs are complete for
@@ -241,8 +242,10 @@ def _check_sections(data: Mapping[str, Any], cfg: RunConfig) -> tuple[str, ...]:
         problems.append(f"{key}: not a section of a run recipe{hint} (sections: {', '.join(sorted(known))})")
     if problems:
         raise ConfigError(problems)
-    # Without an init_model section the model is a real checkpoint: resize_embeddings.model_dir.
-    return tuple(s for s in cfg.stages if s != "init_model" or "init_model" in data)
+    # Without an init_model or import_gguf section the model is a real checkpoint folder:
+    # resize_embeddings.model_dir; without a chat_vector section the run ends with the pretrained model.
+    optional = {s.name for s in STAGE_TABLE if s.optional}
+    return tuple(s for s in cfg.stages if s not in optional or s in data)
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from kovocab.config import absolutize_section, load_section, resolve_paths, to_d
 from kovocab.corpus import options as shard_options
 from kovocab.errors import ConfigError
 from kovocab.evaluation import bpb
-from kovocab.model import resize, tiny
+from kovocab.model import chat_vector, gguf_import, resize, tiny
 from kovocab.pretraining.config import LoraConfig, PretrainConfig, StageConfig
 from kovocab.pretraining.config import outputs as pretrain_outputs
 from kovocab.report import measure
@@ -73,6 +73,7 @@ class Stage:
     owned: Callable[[Any], Any] | None = None  # config -> the artifacts.Owned a rerun may remove
     # (config, nproc_per_node, continue a stopped run?) -> result; default: function(config)
     call: Callable[[Any, int, bool], Any] | None = None
+    optional: bool = False  # kovocab run: runs only when the recipe has its section
 
     def config(self, data: Mapping[str, Any], section: dict[str, Any]) -> Any:
         if self.build is not None:
@@ -157,12 +158,28 @@ def _shard_section(section: dict[str, Any], args: argparse.Namespace) -> dict[st
 def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
     from kovocab.corpus.pipeline import shard_corpus, shard_tasks, summary_lines
 
+    if args.stage is not None and args.engine != "local":
+        raise ConfigError("--stage runs one stage of --engine local: add --engine local")
     if args.task is not None or args.num_tasks is not None:
         if args.task is None or args.num_tasks is None:
             raise ConfigError("--task and --num-tasks go together (task I of N, I in 0..N-1)")
+        if args.engine == "local":
+            from kovocab.corpus.engine import shard_stage
+
+            if args.stage is None:
+                raise ConfigError("--engine local with --task: name the stage (--stage read, dedup or write)")
+            ran = shard_stage(cfg, args.stage, args.task, args.num_tasks)
+            return [f"stage {args.stage}, task {args.task}/{args.num_tasks}: ran {ran} task(s) in "
+                    f"{cfg.out}/.work",
+                    "when every task of every stage has finished, run the same command without "
+                    "--stage/--task/--num-tasks to finish"]
         ran = shard_tasks(cfg, args.task, args.num_tasks, workers=args.workers)
         return [f"task {args.task}/{args.num_tasks}: ran {ran} phase-1 task(s) into {cfg.out}/.work",
                 "when every task has finished, run the same command without --task/--num-tasks to merge"]
+    if args.engine == "local":
+        from kovocab.corpus.engine import shard_local
+
+        return summary_lines(shard_local(cfg, workers=args.workers))
     return summary_lines(shard_corpus(cfg, workers=args.workers))
 
 
@@ -174,10 +191,18 @@ SHARD = Stage(
         "Give INPUT paths (one source) or --recipe corpora/NAME.yaml (section shard:).\n"
         "A finished run is a no-op; a killed run resumes where it stopped.\n"
         "Cluster: run --task I --num-tasks N for every I in 0..N-1 (e.g. a SLURM array),\n"
-        "then the same command without --task/--num-tasks to merge."),
+        "then the same command without --task/--num-tasks to merge. With --engine local:\n"
+        "--stage read, then dedup, then write (each an array), then without --stage."),
     flags=(Flag("inputs", help="files, folders or globs (one source)", extra={"metavar": "INPUT"}),
            Flag("--out", "out", "output folder (shard.out)", type=str),
-           Flag("--workers", help="processes for phase 1 (default 1)", type=int, extra={"default": 1}),
+           Flag("--workers", help="processes for phase 1 (default 1); --engine local: for every stage",
+                type=int, extra={"default": 1}),
+           Flag("--engine", help="serial (default): phase 1 in parallel, then one process dedupes and "
+                "writes; local: every step as bounded tasks (memory flat in the corpus size)",
+                extra={"default": "serial", "choices": ["serial", "local"]}),
+           Flag("--stage", help="--engine local on a cluster: run only this stage's tasks "
+                "(read, dedup, write; with --task/--num-tasks)",
+                extra={"choices": ["read", "dedup", "write"]}),
            Flag("--task", help="run only phase-1 task I of --num-tasks (cluster array job)", type=int),
            Flag("--num-tasks", help="number of array tasks sharing phase 1", type=int),
            Flag("--name", help="INPUT source name (default: inputs)", extra={"default": "inputs"}),
@@ -193,6 +218,25 @@ SHARD = Stage(
     outputs=lambda cfg: {"corpus": cfg.out},
     summary=lambda res: {"read": res.docs_in, "kept": res.kept, "dropped": res.dropped,
                          "duplicates": res.duplicates},
+)
+
+# --- import-gguf: a llama.cpp .gguf model converted once (its tokenizer is expand-vocab's base) -
+
+IMPORT_GGUF = Stage(
+    name="import_gguf", command="import-gguf", cls=gguf_import.ImportGgufConfig,
+    function="kovocab.model.gguf_import:import_gguf",
+    help="convert a llama.cpp .gguf model into a Hugging Face safetensors folder (once)",
+    description=(
+        "De-quantise a GGUF model file (transformers' GGUF loader) and write a Hugging Face\n"
+        "folder: config.json, model.safetensors, the tokenizer rebuilt from the file's metadata\n"
+        "(with llama.cpp's pre-tokenizer where transformers' converter drops it) and a manifest\n"
+        "with the GGUF's sha256. A folder already holding that conversion is reused.\n"
+        "Every later stage (resize-embeddings, pretrain, eval) reads the folder."),
+    flags=(Flag("--gguf", "gguf"), OUT),
+    show=gguf_import.summary_lines, owned=lambda cfg: gguf_import.OUTPUTS, optional=True,
+    wire=lambda run_dir, outputs: {"out_dir": str(run_dir / "base_model")},
+    outputs=lambda cfg: {"model": cfg.out_dir, "tokenizer": cfg.out_dir},
+    summary=lambda res: {**res.stats, "reused": res.reused},
 )
 
 # --- tokenizer: train-tokenizer, merge-vocab, expand-vocab (both + report, + resize) ---------
@@ -229,6 +273,7 @@ EXPAND_VOCAB = Stage(
     show=expand.summary_lines, owned=lambda cfg: expand.OUTPUTS,
     # report=False: the run's own report stage measures base vs expanded on the same held-out split.
     wire=lambda run_dir, outputs: _some(corpus=_listed(_get(outputs, "shard", "corpus")),
+                                        base=_get(outputs, "import_gguf", "tokenizer"),
                                         out_dir=str(run_dir / "tokenizer"), report=False),
     done_file=lambda cfg: Path(cfg.out_dir) / "tokenizer" / "manifest.json",
     outputs=lambda cfg: {"tokenizer": Path(cfg.out_dir) / "tokenizer", "base": cfg.base,
@@ -250,7 +295,7 @@ INIT_MODEL = Stage(
         "in smoke runs and tests. Real runs start from a real checkpoint instead."),
     flags=(OUT,),
     show=tiny.summary_lines,
-    owned=lambda cfg: tiny.OUTPUTS,
+    owned=lambda cfg: tiny.OUTPUTS, optional=True,
     wire=lambda run_dir, outputs: _some(out_dir=str(run_dir / "base_model"),
                                         tokenizer=_get(outputs, "expand_vocab", "base")),
     outputs=lambda cfg: {"model": cfg.out_dir},
@@ -269,10 +314,11 @@ RESIZE = Stage(
         "tokenizer's split of the piece (subword-mean) or of all rows (mean)."),
     flags=(Flag("--model", "model_dir"), OUT),
     show=resize.summary_lines, owned=lambda cfg: resize.OUTPUTS,
-    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model"),
+    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "init_model", "model")
+                                        or _get(outputs, "import_gguf", "model"),
                                         tokenizer=_get(outputs, "expand_vocab", "tokenizer"),
                                         out_dir=str(run_dir / "model")),
-    outputs=lambda cfg: {"model": cfg.out_dir},
+    outputs=lambda cfg: {"model": cfg.out_dir, "base": cfg.model_dir},
     summary=lambda res: dict(res.stats),
 )
 
@@ -355,6 +401,28 @@ PRETRAIN = Stage(
     summary=lambda res: {"steps": res.steps, "final_loss": res.final_loss, "seconds": res.seconds},
 )
 
+# --- chat vector (C + s * (I - B): the instruct model's difference on the pretrained model) -----
+
+CHAT_VECTOR = Stage(
+    name="chat_vector", command="chat-vector", cls=chat_vector.ChatVectorConfig,
+    function="kovocab.model.chat_vector:chat_vector",
+    help="add an instruct model's difference (instruct - base) to the continued-pretrained model",
+    description=(
+        "Write C + scale * (I - B): B the base model, I its instruct model, C the continued-\n"
+        "pretrained model (vocabulary possibly expanded). Embedding and LM-head rows of B's\n"
+        "vocabulary get the difference; C's new rows are kept (or get the mean difference).\n"
+        "Streamed over the safetensors shards in row chunks; C's config and tokenizer are kept,\n"
+        "I's chat template is added. In `kovocab run`: after pretrain, on its exported model."),
+    flags=(Flag("--base", "base_model"), Flag("--instruct", "instruct_model"), Flag("--model", "model_dir"),
+           OUT),
+    show=chat_vector.summary_lines, owned=lambda cfg: chat_vector.OUTPUTS, optional=True,
+    wire=lambda run_dir, outputs: _some(model_dir=_get(outputs, "pretrain", "model"),
+                                        base_model=_get(outputs, "resize_embeddings", "base"),
+                                        out_dir=str(run_dir / "chat_vector")),
+    outputs=lambda cfg: {"model": cfg.out_dir},
+    summary=lambda res: dict(res.stats),
+)
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -392,10 +460,12 @@ REPORT = Stage(
 
 def _eval_wire(run_dir: Path, outputs: dict[str, Any]) -> dict[str, Any]:
     before, after = _get(outputs, "resize_embeddings", "model"), _get(outputs, "pretrain", "model")
+    base = _get(outputs, "import_gguf", "model")  # a real pretrained model: scored first, as it came
     corpus = _get(outputs, "shard", "corpus")
     wired: dict[str, Any] = {"out_dir": str(run_dir / "eval")}
     if before is not None or after is not None:
-        pairs = [(n, m) for n, m in (("resized", before), ("pretrained", after)) if m is not None]
+        named = (("base", base), ("resized", before), ("pretrained", after))
+        pairs = [(n, m) for n, m in named if m is not None]
         wired.update(models=[m for _, m in pairs], names=[n for n, _ in pairs])
     if corpus is not None:
         wired["bpb_texts"] = [{"name": "korean held-out", "path": corpus}]
@@ -424,6 +494,6 @@ EVAL = Stage(
     outputs=lambda cfg: {"eval": Path(cfg.out_dir) / "eval.json"},
 )
 
-REGISTRY = (SHARD, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN, REPORT,
-            EVAL)
+REGISTRY = (SHARD, IMPORT_GGUF, TRAIN_TOKENIZER, MERGE_VOCAB, EXPAND_VOCAB, INIT_MODEL, RESIZE, BPB, PRETRAIN,
+            CHAT_VECTOR, REPORT, EVAL)
 STAGE_TABLE = tuple(s for s in REGISTRY if s.wire is not None)  # what `kovocab run` walks, in order

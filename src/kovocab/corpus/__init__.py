@@ -1,7 +1,8 @@
 """Stage `shard`: Korean text files -> cleaned, deduplicated, deterministic corpus shards.
 
 Modules follow the data: inputs -> reader/tables -> decoding -> normalizer -> filters ->
-dedup -> sentences -> tasks (phase 1) -> merge + shards (phase 2) -> pipeline.
+dedup -> near -> sentences -> tasks (phase 1) -> merge + shards (phase 2) -> pipeline;
+engine: the same steps as bounded tasks (--engine local).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kovocab.corpus.engine import shard_local
     from kovocab.corpus.options import ShardConfig, SourceConfig, load_shard_config
     from kovocab.corpus.pipeline import ShardResult, shard_corpus, shard_tasks
     from kovocab.corpus.shards import iter_shard_texts, shard_files
@@ -21,6 +23,7 @@ _API = {
     "ShardResult": "kovocab.corpus.pipeline",
     "shard_corpus": "kovocab.corpus.pipeline",
     "shard_tasks": "kovocab.corpus.pipeline",
+    "shard_local": "kovocab.corpus.engine",
     "iter_shard_texts": "kovocab.corpus.shards",
     "shard_files": "kovocab.corpus.shards",
 }
@@ -33,6 +36,7 @@ __all__ = [
     "load_shard_config",
     "shard_corpus",
     "shard_files",
+    "shard_local",
     "shard_tasks",
 ]
 

@@ -1,8 +1,8 @@
-"""Stage `shard`, dedupe: exact (BLAKE2b digests) and near (MinHash LSH); first seen wins.
+"""Stage `shard`, dedupe: exact (BLAKE2b digests) and MinHash signatures; first seen wins.
 
 Inputs: normalised texts. Outputs: 16-byte digests, MinHash signatures computed for a
 whole batch with numpy yet equal to datasketch's affine32 MinHash, and the first-copy
-tests. Reference: Broder 1997 (MinHash); datasketch MinHashLSH (banding).
+test. Near-duplicates from the signatures: kovocab.corpus.near. Reference: Broder 1997.
 """
 
 from __future__ import annotations
@@ -126,24 +126,3 @@ def first_occurrences(digests: np.ndarray) -> np.ndarray:
     first = np.zeros(len(d), dtype=bool)
     first[order[np.concatenate(([True], ~same))]] = True
     return first
-
-
-class NearIndex:
-    """Near-duplicate detection with datasketch's MinHashLSH: the first of a group is kept."""
-
-    def __init__(self, threshold: float, num_perm: int) -> None:
-        from datasketch import MinHashLSH
-
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self.count = 0
-
-    def seen(self, signature: np.ndarray) -> bool:
-        """True when a similar document was added before; otherwise add this one."""
-        from datasketch import LeanMinHash
-
-        m = LeanMinHash(seed=SEED, hashvalues=signature, scheme="affine32")
-        if self.lsh.query(m):
-            return True
-        self.lsh.insert(self.count, m, check_duplication=False)
-        self.count += 1
-        return False

@@ -18,8 +18,9 @@ import numpy as np
 
 from kovocab.artifacts import atomic_open
 from kovocab.config import to_dict
-from kovocab.corpus.dedup import DIGEST_BYTES, NearIndex, first_occurrences
+from kovocab.corpus.dedup import DIGEST_BYTES, first_occurrences
 from kovocab.corpus.inputs import InputFile
+from kovocab.corpus.near import banding, near_duplicates
 from kovocab.corpus.normalizer import options as normalise_options
 from kovocab.corpus.options import ShardConfig
 from kovocab.corpus.shards import (
@@ -52,8 +53,7 @@ def merge_tasks(
         parts.sort(key=lambda t: t.part)
     paths = {key: [t.path(work, ".arrow") for t in parts] for key, parts in by_input.items()}
     inputs_paths = [paths.get((i.source, i.index), []) for i in order]
-    firsts = _exact_first_seen(inputs_paths) if cfg.exact_dedupe else None
-    near = NearIndex(cfg.near_threshold, cfg.minhash_perms) if cfg.near_dedupe else None
+    firsts, nears = _duplicates(cfg, inputs_paths)
     train = [shard_name("train", k, cfg.shards) for k in range(cfg.shards)]
     names = [*train, shard_name("eval", 0, 1)]
     entries: list[dict[str, Any]] = []
@@ -68,8 +68,7 @@ def merge_tasks(
                 parts = by_input.get((inp.source, inp.index), [])
                 for line in merged_quarantine([t.path(work, ".quarantine.jsonl") for t in parts]):
                     q.write(line)
-                first = firsts[n] if firsts is not None else None
-                entry = _merge_input(cfg, inp, inputs_paths[n], first, near, writers)
+                entry = _merge_input(cfg, inp, inputs_paths[n], firsts[n], nears[n], writers)
                 entry["records"] = sum(summaries[t.key]["records"] for t in parts)
                 entry["dropped"] = dict(sorted(_sum(summaries[t.key]["dropped"] for t in parts).items()))
                 if entry["records"] != entry["kept"] + sum(entry["dropped"].values()) + sum(
@@ -91,66 +90,68 @@ def _sum(counters: Iterable[dict[str, int]]) -> Counter[str]:
     return total
 
 
-def _exact_first_seen(inputs: list[list[Path]]) -> list[np.ndarray]:
-    """Per input (in global order), per record: is it the first copy of its text in the corpus?"""
-    chunks: list[np.ndarray] = []
+def _duplicates(cfg: ShardConfig, inputs: list[list[Path]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per input (in global order), per record: is it the first copy of its text in the corpus,
+    and is it a near-duplicate (near.near_duplicates over every document, in memory)?"""
+    digest_chunks: list[np.ndarray] = []
+    sig_chunks: list[np.ndarray] = []
     counts: list[int] = []
+    columns = ["record", "digest"] + (["minhash"] if cfg.near_dedupe else [])
     for paths in inputs:
         n = 0
-        for batch in merged_batches(paths, columns=["record", "digest"]) if paths else ():
+        for batch in merged_batches(paths, columns=columns) if paths else ():
             d = np.frombuffer(fixed_width(batch.column("digest"), DIGEST_BYTES), dtype="<u8")
-            chunks.append(d.reshape(-1, 2).copy())
+            digest_chunks.append(d.reshape(-1, 2).copy())
+            if cfg.near_dedupe:
+                sig = fixed_width(batch.column("minhash"), 4 * cfg.minhash_perms)
+                sig_chunks.append(np.frombuffer(sig, dtype=np.uint32).reshape(-1, cfg.minhash_perms).copy())
             n += batch.num_rows
         counts.append(n)
-    digests = np.concatenate(chunks) if chunks else np.zeros((0, 2), dtype=np.uint64)
-    return np.split(first_occurrences(digests), np.cumsum(counts)[:-1])
+    total = sum(counts)
+    cuts = np.cumsum(counts)[:-1]
+    if cfg.exact_dedupe:
+        digests = np.concatenate(digest_chunks) if digest_chunks else np.zeros((0, 2), dtype=np.uint64)
+        first = first_occurrences(digests)
+    else:
+        first = np.ones(total, dtype=bool)
+    near = np.zeros(total, dtype=bool)
+    if cfg.near_dedupe and total:
+        sigs = np.concatenate(sig_chunks)
+        del sig_chunks
+        ids = near_duplicates(sigs, np.arange(total, dtype=np.uint64), cfg.near_threshold)
+        near[ids.astype(np.int64)] = True
+    return np.split(first, cuts), np.split(near, cuts)
 
 
 def _merge_input(
     cfg: ShardConfig,
     inp: InputFile,
     paths: list[Path],
-    first: np.ndarray | None,
-    near: NearIndex | None,
+    first: np.ndarray,
+    near: np.ndarray,
     writers: list[ShardWriter],
 ) -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     src = cfg.sources[inp.source]
     prefix = f"{src.name}:{inp.index}:"
-    n_train = cfg.shards
     dups: Counter[str] = Counter()
     kept = 0
     offset = 0
     for batch in merged_batches(paths) if paths else ():
         n = batch.num_rows
-        keep = first[offset : offset + n].copy() if first is not None else np.ones(n, dtype=bool)
-        offset += n
+        keep = first[offset : offset + n].copy()
         dups["exact"] += n - int(keep.sum())
-        if near is not None:
-            sigs = np.frombuffer(fixed_width(batch.column("minhash"), 4 * cfg.minhash_perms), dtype=np.uint32)
-            sigs = sigs.reshape(n, cfg.minhash_perms)
-            for i in np.flatnonzero(keep).tolist():
-                if near.seen(sigs[i]):
-                    keep[i] = False
-                    dups["near"] += 1
+        near_here = keep & near[offset : offset + n]  # an exact copy counts as exact only
+        dups["near"] += int(near_here.sum())
+        keep &= ~near_here
+        offset += n
         idx = np.flatnonzero(keep)
         if not len(idx):
             continue
         kept += len(idx)
-        # The first 8 digest bytes pick the split and the shard: the same text always
-        # lands in the same place, whatever else is in the corpus.
         u = np.frombuffer(fixed_width(batch.column("digest"), DIGEST_BYTES), dtype="<u8")[0::2][idx]
-        if src.use == "eval":
-            target = np.full(len(idx), n_train, dtype=np.int64)
-        else:
-            target = np.where(
-                u % np.uint64(1000) < cfg.eval_permille, n_train, (u // np.uint64(1000)) % np.uint64(n_train)
-            ).astype(np.int64)
+        target = targets(u, src.use == "eval", cfg)
         texts = batch.column("text").filter(bool_array(keep))
-        records = pc.cast(batch.column("record").filter(bool_array(keep)), pa.large_string())
-        ids = pc.binary_join_element_wise(repeated(prefix, len(idx)), records, repeated("", len(idx)))
+        ids = doc_ids(prefix, batch.column("record").filter(bool_array(keep)))
         for t in np.unique(target).tolist():
             sel = bool_array(target == t)
             writers[t].add(ids.filter(sel), src.name, texts.filter(sel))
@@ -169,6 +170,30 @@ def _merge_input(
         "kept": kept,
         "duplicates": dict(sorted(dups.items())),
     }
+
+
+def targets(u: np.ndarray, is_eval: bool, cfg: ShardConfig) -> np.ndarray:
+    """Shard index (cfg.shards: the eval shard) of documents whose digests start with `u` (uint64).
+
+    The first 8 digest bytes pick the split and the shard: the same text always lands in
+    the same place, whatever else is in the corpus."""
+    n_train = cfg.shards
+    if is_eval:
+        return np.full(len(u), n_train, dtype=np.int64)
+    result: np.ndarray = np.where(
+        u % np.uint64(1000) < cfg.eval_permille, n_train, (u // np.uint64(1000)) % np.uint64(n_train)
+    ).astype(np.int64)
+    return result
+
+
+def doc_ids(prefix: str, records: Any) -> Any:
+    """Arrow strings `{source}:{file}:{record}` for an Arrow array of record numbers."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(records)
+    text = pc.cast(records, pa.large_string())
+    return pc.binary_join_element_wise(repeated(prefix, n), text, repeated("", n))
 
 
 def _manifest_body(
@@ -241,6 +266,9 @@ def _manifest_body(
                 "near_threshold": cfg.near_threshold,
                 "minhash_perms": cfg.minhash_perms,
                 "shingle_chars": cfg.shingle_chars,
+                "near_bands_x_rows": list(banding(cfg.near_threshold, cfg.minhash_perms)),
+                "near_rule": "pairs sharing a band, verified by estimated Jaccard >= near_threshold; "
+                "in each connected component of verified pairs the first document is kept",
                 "order": "eval sources first, then source, file, record; first seen is kept",
             },
             "split_sentences": cfg.split_sentences,

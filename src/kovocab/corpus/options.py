@@ -90,9 +90,13 @@ class ShardConfig:
         0.3, "drop multi-line documents with more than this fraction of repeated lines"
     )
     exact_dedupe: bool = opt(True, "drop exact duplicates (same normalised text) across all inputs")
-    near_dedupe: bool = opt(False, "drop near-duplicates (MinHash LSH over character shingles)")
+    near_dedupe: bool = opt(
+        False, "drop near-duplicates (MinHash over character shingles; bands chosen so >= 95% of pairs "
+        "at near_threshold become candidates; candidates verified; the first of each group is kept)"
+    )
     near_threshold: float = opt(
-        0.8, "estimated Jaccard similarity above which a document is a near-duplicate"
+        0.8, "estimated Jaccard similarity (share of equal MinHash values) at or above which two "
+        "documents are near-duplicates"
     )
     minhash_perms: int = opt(64, "MinHash permutations per document (more: better estimates, slower)")
     shingle_chars: int = opt(5, "characters per shingle for near-dedupe")

@@ -58,6 +58,7 @@ class ShardResult:
     duplicates: int = 0
     tasks_run: int = 0
     already_done: bool = False
+    stages: dict[str, Any] = field(default_factory=dict)  # engine local: tasks, time, memory per stage
 
 
 def config_fingerprint(cfg: ShardConfig) -> str:
@@ -143,10 +144,10 @@ def _check_workers(workers: int) -> None:
         raise ConfigError(f"--workers: must be at least 1 (processes for phase 1), got {workers}")
 
 
-def check_yield(cfg: ShardConfig, tasks: list[Task], work: Path) -> None:
+def check_yield(cfg: ShardConfig, tasks: list[Task], work: Path, done_suffix: str = ".done.json") -> None:
     """After phase 1, before any output is replaced: warn about CP949 text found past the
     sniffed sample, and stop when nothing is kept or most records are quarantined."""
-    summaries = [json.loads(t.path(work, ".done.json").read_text(encoding="utf-8")) for t in tasks]
+    summaries = [json.loads(t.path(work, done_suffix).read_text(encoding="utf-8")) for t in tasks]
     for t in tasks:
         if cfg.sources[t.inp.source].encoding == "auto" and t.inp.encoding == "utf-8":
             n = _count_cp949_lines(t.path(work, ".quarantine.jsonl"))
@@ -211,6 +212,9 @@ def summary_lines(res: ShardResult) -> list[str]:
 def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = None) -> ShardResult:
     """Run stage `shard` (both phases) and return where its outputs are.
 
+    This is engine `serial`: phase 1 on `workers` processes, then one process dedupes and
+    writes (its memory grows with the corpus). kovocab.corpus.engine.shard_local runs every
+    step as bounded tasks instead; both keep the same documents and write the same bytes.
     Holds the lock on `cfg.out` while it runs; a folder holding files that `shard` does not
     write (anything but its shards, quarantine.jsonl, config.yaml, manifest.json) is refused.
     """

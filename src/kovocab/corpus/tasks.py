@@ -11,7 +11,7 @@ import base64
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path
@@ -32,7 +32,6 @@ from kovocab.corpus.shards import int_array, string_array
 
 WORK = ".work"
 AUTO_SPLIT_BYTES = 4 << 20
-_DONE = re.compile(r"-p(\d+)of(\d+)\.done\.json$")
 
 Progress = Callable[[int], None]
 
@@ -60,25 +59,30 @@ def make_tasks(inp: InputFile, parts: int, config_fp: str) -> list[Task]:
 
 
 def plan_tasks(
-    inputs: list[InputFile], cfg: ShardConfig, config_fp: str, work: Path, workers: int
+    inputs: list[InputFile], cfg: ShardConfig, config_fp: str, work: Path, workers: int,
+    done_suffix: str = ".done.json", parts: int | None = None,
 ) -> list[Task]:
-    """The tasks of every non-empty input, reusing the split of earlier (partial) runs."""
+    """The tasks of every non-empty input, reusing the split of earlier (partial) runs; `parts`
+    overrides the automatic split."""
     tasks: list[Task] = []
+    pattern = re.compile(r"-p(\d+)of(\d+)" + re.escape(done_suffix) + "$")
     for inp in inputs:
         if inp.empty:
             continue
         done: Counter[int] = Counter()
-        for marker in work.glob(f"{task_prefix(inp, config_fp)}-p*of*.done.json"):
-            if m := _DONE.search(marker.name):
+        for marker in work.glob(f"{task_prefix(inp, config_fp)}-p*of*{done_suffix}"):
+            if m := pattern.search(marker.name):
                 done[int(m.group(2))] += 1
         if done:
             # Results do not depend on the split, so finish the one already begun.
-            parts = max(done, key=lambda k: (done[k] / k, -k))
+            n = max(done, key=lambda k: (done[k] / k, -k))
+        elif parts:
+            n = parts
         elif cfg.parts_per_file:
-            parts = cfg.parts_per_file
+            n = cfg.parts_per_file
         else:
-            parts = workers if workers > 1 and inp.size >= AUTO_SPLIT_BYTES else 1
-        tasks.extend(make_tasks(inp, parts, config_fp))
+            n = workers if workers > 1 and inp.size >= AUTO_SPLIT_BYTES else 1
+        tasks.extend(make_tasks(inp, n, config_fp))
     return tasks
 
 
@@ -99,6 +103,42 @@ def run_task(task: Task, cfg: ShardConfig, work: Path, progress: Progress | None
     """Read, decode, normalise, filter and hash one task's records; write its files under `work`."""
     import pyarrow as pa
 
+    counts: Counter[str] = Counter()
+    sch = schema(cfg)
+    with atomic_open(task.path(work, ".arrow")) as f, atomic_open(task.path(work, ".quarantine.jsonl")) as q:
+        writer = pa.ipc.new_stream(f, sch)
+        for c in cleaned_batches(task, cfg, q, counts, progress):
+            columns = [int_array(c.records), string_array(c.texts), _fixed(c.digests, DIGEST_BYTES)]
+            if c.minhash is not None:
+                columns.append(_fixed(c.minhash.tobytes(), 4 * cfg.minhash_perms))
+            writer.write_batch(pa.record_batch(columns, schema=sch))
+        writer.close()
+    summary = {"key": task.key, "records": counts.pop(_RECORDS, 0), "kept": counts.pop(_KEPT, 0),
+               "dropped": dict(sorted(counts.items()))}
+    write_json(task.path(work, ".done.json"), summary)
+    return summary
+
+
+_RECORDS, _KEPT = " records", " kept"  # counted beside the drop reasons (which have no spaces)
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """One batch of a task's surviving documents, in record order."""
+
+    records: np.ndarray  # uint64 record numbers in the input
+    texts: list[bytes]  # UTF-8, sentence-split when asked (after hashing)
+    digests: bytes  # DIGEST_BYTES per document, of the text before splitting
+    minhash: np.ndarray | None  # uint32 (n, perms) when near-dedupe is on
+
+
+def cleaned_batches(
+    task: Task, cfg: ShardConfig, q: IO[Any], counts: Counter[str], progress: Progress | None = None
+) -> Iterator[Cleaned]:
+    """Phase 1 of both engines: read, decode, normalise, filter and hash one task's records.
+
+    Problem records go to quarantine (`q`); `counts` gets the drop reasons, plus the records
+    read (key " records") and kept (" kept")."""
     src = cfg.sources[task.inp.source]
     hasher = MinHasher(cfg.minhash_perms, cfg.shingle_chars) if cfg.near_dedupe else None
     splitter = None
@@ -106,43 +146,28 @@ def run_task(task: Task, cfg: ShardConfig, work: Path, progress: Progress | None
         from kovocab.corpus.sentences import SentenceSplitter
 
         splitter = SentenceSplitter()
-    counts: Counter[str] = Counter()
-    records = kept = 0
-    sch = schema(cfg)
-    with atomic_open(task.path(work, ".arrow")) as f, atomic_open(task.path(work, ".quarantine.jsonl")) as q:
-        writer = pa.ipc.new_stream(f, sch)
-        for batch in read_batches(task.inp, src, cfg.max_record_bytes):
-            texts, recs = _select(batch, task, counts, q, src.name)
-            records += len(_part_range(batch, task))
-            if progress is not None:
-                progress(len(batch.texts))
-            if not texts:
-                continue
-            texts, reasons = clean(texts, cfg)
-            if any(reasons):
-                counts.update(filter(None, reasons))
-                keep = [r is None for r in reasons]
-                texts, recs = list(compress(texts, keep)), list(compress(recs, keep))
-            if not texts:
-                continue
-            kept += len(texts)
-            encoded = [t.encode("utf-8") for t in texts]
-            columns = [
-                int_array(np.asarray(recs, dtype=np.uint64)),
-                None,
-                _fixed(digests(encoded), DIGEST_BYTES),
-            ]
-            if hasher is not None:
-                columns.append(_fixed(hasher.signatures(texts).tobytes(), 4 * cfg.minhash_perms))
-            if splitter is not None:
-                # After hashing: dedupe never depends on the splitter.
-                encoded = [t.encode("utf-8") for t in splitter.split(texts)]
-            columns[1] = string_array(encoded)
-            writer.write_batch(pa.record_batch(columns, schema=sch))
-        writer.close()
-    summary = {"key": task.key, "records": records, "kept": kept, "dropped": dict(sorted(counts.items()))}
-    write_json(task.path(work, ".done.json"), summary)
-    return summary
+    for batch in read_batches(task.inp, src, cfg.max_record_bytes):
+        texts, recs = _select(batch, task, counts, q, src.name)
+        counts[_RECORDS] += len(_part_range(batch, task))
+        if progress is not None:
+            progress(len(batch.texts))
+        if not texts:
+            continue
+        texts, reasons = clean(texts, cfg)
+        if any(reasons):
+            counts.update(filter(None, reasons))
+            keep = [r is None for r in reasons]
+            texts, recs = list(compress(texts, keep)), list(compress(recs, keep))
+        if not texts:
+            continue
+        counts[_KEPT] += len(texts)
+        encoded = [t.encode("utf-8") for t in texts]
+        digest = digests(encoded)
+        sigs = hasher.signatures(texts) if hasher is not None else None
+        if splitter is not None:
+            # After hashing: dedupe never depends on the splitter.
+            encoded = [t.encode("utf-8") for t in splitter.split(texts)]
+        yield Cleaned(np.asarray(recs, dtype=np.uint64), encoded, digest, sigs)
 
 
 def clean(texts: list[str], cfg: ShardConfig) -> tuple[list[str], list[str | None]]:

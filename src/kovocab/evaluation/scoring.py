@@ -1,6 +1,7 @@
 """Log-likelihood scoring under a causal LM: whole documents (bits per byte) and continuations.
 
-Inputs: a Hugging Face model folder and a SentencePiece tokenizer (`load_scorer`). Documents are
+Inputs: a Hugging Face model folder and its tokenizer (`load_scorer`: sentencepiece for a
+tokenizer.model, else the fast tokenizer.json, e.g. a byte-level one). Documents are
 scored with a sliding window; (context, continuation) pairs follow lm-evaluation-harness's
 HFLM (`_encode_pair`, left truncation to the window, lm_eval/models/huggingface.py), batched.
 """
@@ -18,6 +19,49 @@ from kovocab.errors import InputError, TokenizerError
 from kovocab.tokenizer.merge import find_sentencepiece_model
 
 log = logging.getLogger(__name__)
+
+
+class FastTokenizerIds:
+    """The part of sentencepiece's interface scoring uses, over a `tokenizers` tokenizer.json.
+
+    BOS is the folder's bos_token (`tokenizer.info`); a tokenizer without one
+    starts documents with EOS instead, as lm-evaluation-harness's HFLM prefixes them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from kovocab.tokenizer.info import read_tokenizer
+
+        info = read_tokenizer(path)
+        self.file, self.tok, self.size = info.file, info.tokenizer, info.vocab_size
+        self.bos = info.bos_id if info.bos_id is not None else info.eos_id
+
+    def encode(self, text: str | list[str]) -> Any:
+        if isinstance(text, list):
+            return [list(e.ids) for e in self.tok.encode_batch(text, add_special_tokens=False)]
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def bos_id(self) -> int:
+        return self.bos
+
+    def get_piece_size(self) -> int:
+        return int(self.size)
+
+
+def text_ids(tokenizer: str | Path, what: str) -> tuple[Any, Path]:
+    """What scoring encodes with, and its file: a tokenizer.model through sentencepiece (where a
+    folder has both, as kovocab's SentencePiece merges do; the ids are the same), else tokenizer.json."""
+    import sentencepiece as spm
+
+    p = Path(tokenizer)
+    fast = p / "tokenizer.json" if p.is_dir() else p
+    if (p.is_dir() and not (p / "tokenizer.model").is_file() and fast.is_file()) or (
+            p.is_file() and p.suffix == ".json"):
+        ids = FastTokenizerIds(fast)
+        return ids, ids.file
+    tok_path = find_sentencepiece_model(tokenizer, what)
+    return spm.SentencePieceProcessor(model_file=str(tok_path)), tok_path
+
+
 LOGITS_BUDGET = 1 << 28  # float32 logits per forward pass when scoring whole documents (1 GiB)
 
 
@@ -72,14 +116,17 @@ def load_scorer(
     `add_bos` None follows the model's Hugging Face tokenizer (see `hf_adds_bos`), as the
     harness's HFLM does when its add_bos_token is not set.
     """
-    import sentencepiece as spm
     import torch
     from transformers import AutoModelForCausalLM
 
+    from kovocab.model.gguf_import import gguf_hint
+
+    hint = gguf_hint(model_dir, what)
+    if hint is not None:
+        raise InputError(hint)
     if not Path(model_dir).is_dir():
         raise InputError(f"{what}: model folder not found: {model_dir}")
-    tok_path = find_sentencepiece_model(tokenizer, what.replace("models", "tokenizers"))
-    sp = spm.SentencePieceProcessor(model_file=str(tok_path))
+    sp, tok_path = text_ids(tokenizer, what.replace("models", "tokenizers"))
     if add_bos is None:
         add_bos = hf_adds_bos(Path(model_dir), Path(tokenizer))
     if device == "auto":

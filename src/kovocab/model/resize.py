@@ -30,7 +30,8 @@ from kovocab.artifacts import (
 )
 from kovocab.config import opt
 from kovocab.errors import ConfigError, InputError, TokenizerError
-from kovocab.model.row_init import Init, RowPlan, init_rows, plan_rows
+from kovocab.model.gguf_import import gguf_hint
+from kovocab.model.row_init import Init, RowPlan, bytelevel_json, init_rows, plan_rows
 from kovocab.model.row_init import resize_model_embeddings as resize_model_embeddings  # the in-memory path
 from kovocab.model.safetensors_io import (
     INDEX,
@@ -62,10 +63,12 @@ class ResizeConfig:
     """Resize a checkpoint's embeddings and LM head to an expanded tokenizer."""
 
     model_dir: Path = opt(doc="Hugging Face Llama folder with safetensors weights (read only)")
-    tokenizer: Path = opt(doc="expanded tokenizer: folder from merge-vocab, or its tokenizer.model")
+    tokenizer: Path = opt(doc="expanded tokenizer: folder from merge-vocab, or its tokenizer.model; or a "
+                              "byte-level BPE folder (tokenizer.json, base ids kept, new tokens appended)")
     out_dir: Path = opt(doc="output model folder (must differ from model_dir)")
     init: Init = opt("subword-mean", "new rows: mean of the base split's rows, or mean of all rows")
-    base_tokenizer: Path | None = opt(None, "the checkpoint's tokenizer; default model_dir/tokenizer.model")
+    base_tokenizer: Path | None = opt(None, "the checkpoint's tokenizer; default model_dir/tokenizer.model, "
+                                            "else model_dir/tokenizer.json (byte-level BPE)")
     pad_to_multiple_of: int = opt(64, "pad the rows to a multiple of this (1: no padding rows)")
     noise_scale: float = opt(0.0, "noise ~ N(0, scale * covariance) on mean rows (transformers: 1e-9)")
     seed: int = opt(0, "seed for the noise")
@@ -168,12 +171,13 @@ def resize_embeddings_from_config(cfg: ResizeConfig) -> ResizeResult:
 
     base = cfg.base_tokenizer
     if base is None:
-        if not (src / "tokenizer.model").is_file():
+        # SentencePiece's tokenizer.model, else a byte-level BPE tokenizer.json (SmolLM2, Llama-3).
+        base = next((src / n for n in ("tokenizer.model", "tokenizer.json") if (src / n).is_file()), None)
+        if base is None:
             raise TokenizerError(
-                f"resize_embeddings.base_tokenizer: {src} has no tokenizer.model; give the tokenizer "
-                "the checkpoint was trained with (--base-tokenizer PATH)"
+                f"resize_embeddings.base_tokenizer: {src} has no tokenizer.model or tokenizer.json; give the "
+                "tokenizer the checkpoint was trained with (--base-tokenizer PATH)"
             )
-        base = src / "tokenizer.model"
     plan = plan_rows(base, cfg.tokenizer, cfg.init, cfg.pad_to_multiple_of)
     rows, hidden = ckpt.header(embed).entry(embed).shape
     if rows != plan.base_rows:
@@ -238,6 +242,9 @@ def check_model_folder(model_dir: str | Path, where: str, base_rows: int | None 
     embedding rows. `expand-vocab --model` runs it before training the tokenizer.
     """
     src = Path(model_dir)
+    hint = gguf_hint(src, where)
+    if hint is not None:
+        raise InputError(hint)
     if not src.is_dir():
         raise InputError(f"{where}: folder not found: {src} (give a Hugging Face model folder)")
     if not (src / "config.json").is_file():
@@ -327,8 +334,13 @@ def _extras(src: Path) -> list[Path]:
 
 def _write_tokenizer(tokenizer: Path, out: Path, plan: RowPlan, max_length: int) -> None:
     """The expanded tokenizer beside the weights; a bare `.model` gets its Hugging Face files."""
-    model_file = find_sentencepiece_model(tokenizer, "resize_embeddings.tokenizer")
-    folder = tokenizer if tokenizer.is_dir() else None
+    byte_level = bytelevel_json(tokenizer)
+    folder: Path | None
+    if byte_level is not None:  # a byte-level BPE folder (or its tokenizer.json): its files as they are
+        model_file, folder = byte_level, byte_level.parent
+    else:
+        model_file = find_sentencepiece_model(tokenizer, "resize_embeddings.tokenizer")
+        folder = tokenizer if tokenizer.is_dir() else None
     if folder is not None and (folder / "tokenizer.json").is_file():
         data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         ids = [*data.get("model", {}).get("vocab", {}).values()]

@@ -1,12 +1,14 @@
 """New embedding rows for an expanded vocabulary: plan them, compute them, write a live model.
 
-Inputs: base and expanded SentencePiece BPE models (base pieces keep their ids) and a
-matrix's base rows. `subword-mean`: mean of the rows of the base split of the piece (EEVE,
-arXiv:2402.14714); `mean` and padding rows: mean of all rows, optionally noised (Hewitt 2021).
+Inputs: base and expanded SentencePiece BPE models, or base and expanded byte-level BPE
+`tokenizer.json` files (base pieces keep their ids either way), and a matrix's base rows.
+`subword-mean`: mean of the rows of the base split of the piece (EEVE, arXiv:2402.14714);
+`mean` and padding rows: mean of all rows, optionally noised (Hewitt 2021).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -76,6 +78,15 @@ def plan_rows(
     pad_to_multiple_of: int = 64,
 ) -> RowPlan:
     """Check the expanded tokenizer extends the base one and plan every new row."""
+    base_json, exp_json = bytelevel_json(base_tokenizer), bytelevel_json(expanded_tokenizer)
+    if base_json is not None or exp_json is not None:
+        if base_json is None or exp_json is None:
+            which = (base_tokenizer, expanded_tokenizer) if base_json is not None else \
+                (expanded_tokenizer, base_tokenizer)
+            raise TokenizerError(f"{which[0]} is a byte-level BPE tokenizer.json but {which[1]} is not; "
+                                 "give the base tokenizer and its expansion (both byte-level, or both "
+                                 "SentencePiece)")
+        return _plan_bytelevel(base_json, exp_json, init, pad_to_multiple_of)
     base_path = find_sentencepiece_model(base_tokenizer, "base tokenizer")
     exp_path = find_sentencepiece_model(expanded_tokenizer, "expanded tokenizer")
     base, exp = load_proto(base_path), load_proto(exp_path)
@@ -106,6 +117,73 @@ def plan_rows(
     plan = RowPlan(n_base, n_exp, total, init, tuple(sources))
     log.info("rows %d -> %d (%d new pieces, %d padding)", n_base, total, plan.new_pieces, plan.padding_rows)
     return plan
+
+
+def bytelevel_json(tokenizer: str | Path) -> Path | None:
+    """The byte-level BPE `tokenizer.json` that `tokenizer` names (the file, or a folder holding
+    one and no tokenizer.model), or None for anything else (SentencePiece, WordPiece, ...)."""
+    path = Path(tokenizer)
+    if path.is_dir():
+        if (path / "tokenizer.model").is_file():
+            return None
+        path = path / "tokenizer.json"
+    if path.suffix != ".json" or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TokenizerError(f"{path}: cannot read it as a tokenizer.json: {exc}") from exc
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or "merges" not in model:
+        return None
+    byte_level = '"ByteLevel"' in json.dumps([data.get("pre_tokenizer"), data.get("decoder")])
+    return path if byte_level else None
+
+
+def _plan_bytelevel(base_path: Path, exp_path: Path, init: Init, pad_to_multiple_of: int) -> RowPlan:
+    """`plan_rows` for byte-level BPE: a new token's row averages the base tokens its bytes split into.
+
+    The token string is in ByteLevel's printable-byte alphabet, so the base BPE model
+    splits it directly (no pre-tokenizer), also when it holds part of a UTF-8 character.
+    Added and special tokens past the base get the mean of all rows.
+    """
+    from tokenizers import Tokenizer
+
+    base, exp = Tokenizer.from_file(str(base_path)), Tokenizer.from_file(str(exp_path))
+    base_ids = {i: t for t, i in base.get_vocab(with_added_tokens=True).items()}
+    exp_ids = {i: t for t, i in exp.get_vocab(with_added_tokens=True).items()}
+    n_base, n_exp = max(base_ids) + 1, max(exp_ids) + 1
+    moved = next((i for i in range(n_base) if base_ids.get(i) != exp_ids.get(i)), None)
+    if moved is not None:
+        raise TokenizerError(
+            f"expanded tokenizer {exp_path}: id {moved} is {exp_ids.get(moved)!r} but the base {base_path} "
+            f"has {base_ids.get(moved)!r} there; the base tokens must keep their ids (append new tokens "
+            f"after id {n_base - 1}, and give the tokenizer the checkpoint was trained with as the base)"
+        )
+    total = padded_rows(n_exp, pad_to_multiple_of)
+    sources: list[tuple[int, ...]] = [()] * (total - n_base)
+    if init == "subword-mean":
+        added = set(exp.get_added_tokens_decoder())
+        for i in range(n_base, n_exp):
+            if i in exp_ids and i not in added:
+                sources[i - n_base] = tuple(t.id for t in base.model.tokenize(_byte_alphabet(exp_ids[i])))
+        if added & set(range(n_base, n_exp)):
+            log.info("%d new added/special tokens get the mean of all rows",
+                     len(added & set(range(n_base, n_exp))))
+    plan = RowPlan(n_base, n_exp, total, init, tuple(sources))
+    log.info("rows %d -> %d (%d new tokens, %d padding)", n_base, total, plan.new_pieces, plan.padding_rows)
+    return plan
+
+
+def _byte_alphabet(token: str) -> str:
+    """A token in ByteLevel's printable-byte alphabet, as vocabularies store them; a token
+    written as plain text (an added token, a hand-made vocabulary) is spelled byte by byte."""
+    from tokenizers import pre_tokenizers
+
+    if set(token) <= set(pre_tokenizers.ByteLevel.alphabet()):
+        return token
+    spell = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return "".join(piece for piece, _ in spell.pre_tokenize_str(token))
 
 
 def _base_splitter(base: Any) -> Any:

@@ -17,6 +17,7 @@ import shutil
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from io import BufferedReader
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -191,6 +192,42 @@ def read_tensor(path: str | Path, name: str) -> torch.Tensor:
 
     with safe_open(str(path), framework="pt") as f:
         return f.get_tensor(name)
+
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def read_rows(
+    f: BufferedReader, header: ShardHeader, entry: TensorEntry, start: int, stop: int
+) -> torch.Tensor:
+    """Rows `start:stop` of `entry` (a 0-d tensor is one row) read from the open shard `f`.
+
+    A plain read into a fresh buffer, not a memory map: the pages stay in the OS cache,
+    not in this process's memory, so streaming a whole checkpoint costs one chunk of RAM.
+    """
+    import torch
+
+    rows = entry.shape[0] if entry.shape else 1
+    row_bytes = entry.nbytes // rows if rows else 0
+    buf = bytearray(row_bytes * (stop - start))
+    f.seek(header.data_start + entry.begin + start * row_bytes)
+    if buf and f.readinto(buf) != len(buf):
+        raise InputError(f"{header.path}: truncated inside {entry.name}; download or copy it again")
+    dtype = torch_dtype(entry.dtype)
+    flat = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+    return flat.reshape(stop - start, *entry.shape[1:])
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name (F32, BF16, ...)."""
+    import torch
+
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+             "U8": torch.uint8, "BOOL": torch.bool}
+    if name not in names:
+        raise InputError(f"safetensors dtype {name} is not supported here")
+    return names[name]
 
 
 def write_shard(

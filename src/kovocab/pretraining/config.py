@@ -18,6 +18,7 @@ from typing import Any, Literal
 from kovocab.artifacts import Owned, exact
 from kovocab.config import opt
 from kovocab.errors import ConfigError
+from kovocab.model.gguf_import import gguf_hint
 from kovocab.model.safetensors_io import MODEL_FILES
 from kovocab.tokenizer.weights import SourceWeight
 
@@ -34,9 +35,9 @@ class StageConfig:
     steps: int = opt(doc="optimizer steps in this stage")
     lr: float = opt(doc="peak learning rate of the non-embedding parameters")
     train: Train = opt(
-        "all", "new_embeddings: only rows past the base vocabulary of embeddings and LM head; "
-        "embeddings: both matrices; all: every parameter; lora: the LoRA adapters of `lora:` (+ embeddings "
-        "and LM head as lora.embeddings says)",
+        "all", "new_embeddings: only rows past the base vocabulary of embeddings and LM head (one "
+        "matrix when tied); embeddings: both matrices; all: every parameter; lora: the LoRA adapters "
+        "of `lora:` (+ embeddings and LM head as lora.embeddings says)",
     )
     embedding_lr: float | None = opt(None, "peak learning rate of embeddings and LM head; default lr")
     warmup_steps: int = opt(0, "linear warmup from 0 over this many steps, then cosine decay")
@@ -187,15 +188,12 @@ def check_paths(cfg: PretrainConfig) -> None:
     """Every input the run reads exists; all missing ones are reported at once."""
     problems = []
     model_config = cfg.model_dir / "config.json"
-    if not model_config.is_file():
+    hint = gguf_hint(cfg.model_dir, f"{SECTION}.model_dir")
+    if hint is not None:
+        problems.append(hint)
+    elif not model_config.is_file():
         problems.append(f"{SECTION}.model_dir: no Hugging Face model at {cfg.model_dir} "
                         "(config.json missing); give the output folder of `kovocab resize-embeddings`")
-    elif json.loads(model_config.read_text(encoding="utf-8")).get("tie_word_embeddings"):
-        problems.append(
-            f"{SECTION}.model_dir: {cfg.model_dir} ties the LM head to the input embeddings "
-            "(tie_word_embeddings: true); the stages treat embeddings and LM head as two matrices "
-            "with their own rows, so give an untied checkpoint (Llama-2/3 7B and larger are untied)"
-        )
     for key in ("train_data", "replay_data", "eval_korean", "eval_english"):
         problems += [f"{SECTION}.{key}: path not found: {p}" for p in getattr(cfg, key) if not p.exists()]
     if not cfg.train_data:

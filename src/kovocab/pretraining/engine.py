@@ -118,9 +118,15 @@ def load_model(cfg: PretrainConfig, ds: dict[str, Any]) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(str(cfg.model_dir), dtype=torch_dtype(ds),
                                                  **quantization_kwargs(cfg, torch_dtype(ds)))
     head = model.get_output_embeddings()
-    if head is None or head.weight is model.get_input_embeddings().weight:  # tied in code, not config
-        raise InputError(f"{SECTION}.model_dir: {cfg.model_dir} has no untied LM head; "
-                         "give an untied causal LM")
+    if head is None:
+        raise InputError(f"{SECTION}.model_dir: {cfg.model_dir} has no LM head; give a causal LM")
+    # A tied model keeps one matrix for both (build_engine lists it once; the row mask on
+    # both modules masks both paths of its gradient, and the export stays tied).
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    if tied != (head.weight is model.get_input_embeddings().weight):
+        raise InputError(f"{SECTION}.model_dir: {cfg.model_dir}/config.json says tie_word_embeddings: "
+                         f"{str(tied).lower()} but the loaded model {'does not share' if tied else 'shares'} "
+                         "one matrix between input embeddings and LM head; fix config.json")
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing lets gradients reach the embeddings when every layer is frozen.
@@ -177,7 +183,9 @@ def build_engine(model: Any, stage: StageConfig, ds: dict[str, Any], first_train
     from kovocab.pretraining.lora import is_adapter
 
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    matrices = {id(emb), id(head)}
+    # One entry when tied: an optimizer refuses a parameter listed twice.
+    both = [emb] if head is emb else [emb, head]
+    matrices = {id(p) for p in both}
     body = stage.train == "all"
     adapters = [p for n, p in model.named_parameters() if is_adapter(n)] if stage.train == "lora" else []
     embeddings = "all" if lora is None or stage.train != "lora" else lora.embeddings
@@ -196,7 +204,7 @@ def build_engine(model: Any, stage: StageConfig, ds: dict[str, Any], first_train
         unmask_rows(model)
     # Embeddings and LM head never decay: decoupled decay would move rows whose gradient is 0.
     groups = [] if embeddings == "frozen" else [
-        {"params": [emb, head], "lr": stage.embedding_lr or stage.lr, "weight_decay": 0.0}]
+        {"params": both, "lr": stage.embedding_lr or stage.lr, "weight_decay": 0.0}]
     if adapters:  # LoRA's A and B: matrices, decayed like the body's
         groups.append({"params": adapters, "lr": stage.lr, "weight_decay": stage.weight_decay})
     if body:

@@ -2,7 +2,9 @@
 
 EEVE (arXiv:2402.14714) first trains the embeddings of the added pieces while the base
 rows stay fixed. The rows are frozen by zeroing their gradient, not by copying values
-back: with Adam and no weight decay a row whose gradient is always 0 never moves.
+back: with Adam and no weight decay a row whose gradient is always 0 never moves. A tied
+model's one matrix is reached through both modules; both are masked, so both paths of its
+gradient leave the old rows at 0.
 """
 
 from __future__ import annotations

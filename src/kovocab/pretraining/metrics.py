@@ -76,13 +76,9 @@ def bits_per_byte(model: Any, tokenizer_dir: Path, held: HeldOut, window: int, d
     parameters as inference tensors that the next training step cannot use, so this calls
     its window scorers under the caller's no_grad instead.
     """
-    import sentencepiece as spm
+    from kovocab.evaluation.scoring import score_batch, score_long, text_ids
 
-    from kovocab.evaluation.scoring import score_batch, score_long
-    from kovocab.tokenizer.merge import find_sentencepiece_model
-
-    model_file = find_sentencepiece_model(tokenizer_dir, "pretrain.tokenizer")
-    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    sp, _ = text_ids(tokenizer_dir, "pretrain.tokenizer")
     bos = [sp.bos_id()] if sp.bos_id() >= 0 else []
     seqs = [bos + ids for ids in sp.encode(list(held.documents))]
     nats = 0.0

@@ -36,7 +36,7 @@ from kovocab.artifacts import (
 )
 from kovocab.config import opt
 from kovocab.errors import ConfigError, InputError, TokenizerError
-from kovocab.pretraining.tokenizer_info import TokenizerInfo, read_tokenizer
+from kovocab.tokenizer.info import TokenizerInfo, read_tokenizer
 from kovocab.tokenizer.weights import WEIGHTS_DOC, SourceWeight, WeightedCorpus
 
 log = logging.getLogger(__name__)

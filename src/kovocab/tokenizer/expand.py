@@ -1,11 +1,15 @@
 """`expand_vocab()`: train Korean pieces, merge them into the base, measure, report.
 
-Inputs: a base SentencePiece BPE tokenizer (file, tokenizer folder or model folder)
-and a Korean corpus (shard folders, text or JSONL files). Output folder:
-`korean_bpe/` (tokenizer_training), `tokenizer/` (vocab_merge, the Hugging Face
-tokenizer to use), `report/` (efficiency report, base vs expanded), with a sweep
-`sweep/` (one merged tokenizer per size, `sweep.json`) and, when a model is given,
-`model/` (embedding resize).
+Inputs: a base tokenizer and a Korean corpus (shard folders, text or JSONL files). The
+base is detected, not configured: SentencePiece BPE with byte fallback (Llama-2, Mistral
+v1: a tokenizer.model, or a tokenizer/model folder holding one) goes through
+`tokenizer.train` + `tokenizer.merge`; byte-level BPE (Llama-3's tiktoken file, a
+tokenizer.json such as Qwen3's, a GGUF such as SmolLM2's) through `tokenizer.bytelevel`.
+Output folder: `korean_bpe/` (tokenizer_training), `tokenizer/` (vocab_merge, the Hugging
+Face tokenizer to use), `report/` (efficiency report, base vs expanded), with a sweep
+`sweep/` (one merged tokenizer per size, `sweep.json`), for a byte-level base
+`base_tokenizer/` (the base as tokenizer.json, converted where it was not one) and, when
+a model is given, `model/` (embedding resize).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from kovocab.artifacts import Owned, claims_output, exact
 from kovocab.config import opt
 from kovocab.corpus.texts import iter_corpus_texts
 from kovocab.tokenizer.export import load_proto
+from kovocab.tokenizer.load import Encoder, TokenizersEncoder
 from kovocab.tokenizer.merge import (
     MergeResult,
     MergeVocabConfig,
@@ -44,10 +49,11 @@ def _owned() -> Owned:
     from kovocab.model import resize
     from kovocab.report import measure
     from kovocab.tokenizer import merge, train
+    from kovocab.tokenizer.bytelevel import BASE_DIR, BASE_OUTPUTS
 
     sweep = Owned("expand_vocab", files=exact("sweep.json"), dirs={r"\d+": merge.OUTPUTS})
     return Owned("expand_vocab", files=exact(HELD_OUT_FILE),
-                 dirs={"korean_bpe": train.OUTPUTS, "tokenizer": merge.OUTPUTS,
+                 dirs={"korean_bpe": train.OUTPUTS, "tokenizer": merge.OUTPUTS, BASE_DIR: BASE_OUTPUTS,
                        "report": measure.OUTPUTS, "model": resize.OUTPUTS, "sweep": sweep})
 
 
@@ -61,12 +67,14 @@ GOLDEN_KO = "안녕하세요, 오늘은 날씨가 좋네요."
 class ExpandVocabConfig:
     """Train Korean pieces and merge them into the base in one step (recipe section expand_vocab)."""
 
-    base: Path = opt(doc="base tokenizer: tokenizer.model, or a tokenizer/model folder holding one")
+    base: Path = opt(doc="base tokenizer: SentencePiece tokenizer.model, byte-level BPE tokenizer.json, "
+                         "tiktoken ranks (Llama-3) or GGUF, or a folder holding one; the kind is detected")
     corpus: tuple[Path, ...] = opt(doc="Korean training text: shard folders, .txt or .jsonl files")
     out_dir: Path = opt(doc="output folder (korean_bpe/, tokenizer/, report/, model/)")
-    target_vocab_size: int = opt(46336, "vocabulary size after the merge")
+    target_vocab_size: int = opt(46336, "vocabulary size after the merge (ids in use, specials included)")
     method: Literal["bpe", "morpheme-bpe"] = opt("bpe", "plain or Kiwi morpheme-aware BPE")
-    korean_vocab_size: int | None = opt(None, "Korean model size; default leaves a 25% reserve")
+    korean_vocab_size: int | None = opt(
+        None, "Korean model size (byte-level: merges learned); default leaves a 25% reserve")
     max_sentences: int = opt(2_000_000, "sentences sampled for training")
     source_weights: Mapping[str, SourceWeight] | None = opt(None, WEIGHTS_DOC)
     eval_texts: tuple[Path, ...] = opt((), "held-out Korean text; default: shard eval splits")
@@ -169,6 +177,11 @@ def expand_vocab(
     """
     out = Path(out_dir)
     corpus_paths = _paths(corpus)
+    if is_byte_level_base(base):
+        return _expand_byte_level(
+            base, corpus_paths, out, target_vocab_size, method, korean_vocab_size, max_sentences,
+            source_weights, eval_texts, model, report, seed, sweep,
+        )
     base_model = find_sentencepiece_model(base, "base")
     base_size = len(load_proto(base_model).pieces)
     check_target_size(target_vocab_size, base_size, "expand_vocab.target_vocab_size")  # before training
@@ -222,6 +235,161 @@ def expand_vocab(
         stats.get("korean_tokens_per_sentence_after", float("nan")),
     )
     return result
+
+
+def is_byte_level_base(base: str | Path) -> bool:
+    """Whether `base` is a byte-level BPE tokenizer (tokenizer.json, tiktoken ranks, GGUF).
+
+    A folder with a SentencePiece tokenizer.model (a Llama-2 checkpoint, which also holds a
+    tokenizer.json) stays on the SentencePiece path, exactly as before.
+    """
+    from kovocab.tokenizer.bytelevel_base import sniff
+
+    p = Path(base)
+    if not p.exists():
+        return False  # the SentencePiece path says what is missing
+    if p.is_dir():
+        model = p / "tokenizer.model"
+        if model.is_file() and sniff(model) is None:
+            return False
+    return sniff(p) is not None
+
+
+def _expand_byte_level(
+    base_path: str | Path, corpus_paths: tuple[Path, ...], out: Path, target_vocab_size: int,
+    method: str, korean_vocab_size: int | None, max_sentences: int,
+    source_weights: Mapping[str, SourceWeight] | None, eval_texts: str | Path | Sequence[str | Path] | None,
+    model: str | Path | None, report: bool, seed: int, sweep: Sequence[int],
+) -> ExpandResult:
+    """`expand_vocab` for a byte-level BPE base: see `tokenizer.bytelevel`."""
+    import time
+
+    from kovocab.artifacts import write_manifest
+    from kovocab.tokenizer import bytelevel as bl
+    from kovocab.tokenizer.bytelevel_base import load_byte_level_base
+    from kovocab.tokenizer.train import sample_training_text
+
+    start = time.perf_counter()
+    base = load_byte_level_base(base_path, "expand_vocab.base")
+    check_target_size(target_vocab_size, base.size, "expand_vocab.target_vocab_size")
+    n_new = target_vocab_size - base.size
+    base_dir = out / bl.BASE_DIR
+    if model is not None:
+        from kovocab.model.resize import check_model_folder
+
+        check_model_folder(model, "expand_vocab.model", base_rows=base.size)
+    n_merges = korean_vocab_size or korean_vocab_size_for(max([n_new, *sweep]))
+    sentences, seen, mix, skipped = sample_training_text(
+        corpus_paths, source_weights, max_sentences, seed, "text", "expand_vocab.corpus"
+    )
+    candidates, words, train_stats = bl.train_candidates(base, sentences, n_merges, method)
+    inputs = {str(p): _input_digest(p) for p in (*corpus_paths, base.source)}
+    korean_file = bl.write_candidates(
+        out / "korean_bpe", candidates,
+        {"sentences": len(sentences), "sentences_seen": seen, "merges": n_merges, "skipped_records": skipped,
+         **train_stats}, inputs, **mix,
+    )
+    training = TrainResult(korean_file, n_merges, len(sentences), seen, time.perf_counter() - start,
+                           mix["sources"])
+    bl.write_base_folder(base_dir, base)
+    write_manifest(base_dir, "expand_vocab", {"form": base.form, "size": base.size},
+                   inputs={str(base.source): _input_digest(base.source)})
+    merged, expanded_tok = _byte_level_merge(bl, base, candidates, words, target_vocab_size,
+                                             out / "tokenizer", inputs)
+    held_out = _held_out_texts(corpus_paths, eval_texts)
+    base_enc = TokenizersEncoder(base.tokenizer(), base_dir / "tokenizer.json", base.spec)
+    after_enc = TokenizersEncoder(expanded_tok, merged.tokenizer_json, base.spec)
+    stats = compare_encoders(base_enc, after_enc, held_out)
+    stats.update(merged.stats)
+    stats["base_form"] = base.form
+    rows: list[dict[str, Any]] = []
+    if sweep:
+        cuts = [_byte_level_merge(bl, base, candidates, words, base.size + n,
+                                  out / "sweep" / str(base.size + n), inputs) for n in sorted(set(sweep))]
+        rows = _sweep_rows(base_enc, cuts, held_out, out / "sweep", korean_file)
+    result = ExpandResult(out_dir=out, tokenizer_dir=merged.out_dir, korean_model=korean_file,
+                          training=training, merge=merged, stats=stats, sweep=tuple(rows))
+    if report:
+        result = _with_report(result, base_dir, held_out)
+    if model is not None:
+        result = _with_model(result, model, base_dir)
+    log.info("expanded %s (%s) to %d tokens: Korean tokens/sentence %.1f -> %.1f", base.source, base.form,
+             merged.vocab_size, stats.get("korean_tokens_per_sentence_before", float("nan")),
+             stats.get("korean_tokens_per_sentence_after", float("nan")))
+    return result
+
+
+def _byte_level_merge(bl: Any, base: Any, candidates: Any, words: Any, target: int, out: Path,
+                      inputs: dict[str, str]) -> tuple[MergeResult, Any]:
+    """Append the first reachable candidates up to `target` ids; write the tokenizer folder."""
+    from kovocab.artifacts import check_output, write_manifest
+    from kovocab.tokenizer import merge
+
+    check_output(out, merge.OUTPUTS, "expand_vocab.out_dir")
+    selection = bl.select_merges(base, candidates, target - base.size, words)
+    bl.write_tokenizer_folder(out, base, selection, None)
+    vocab_size = base.size + len(selection.new_tokens)
+    write_manifest(out, "vocab_merge",
+                   {"base_size": base.size, "vocab_size": vocab_size, "new_tokens": len(selection.new_tokens),
+                    "new_merges": len(selection.spec["model"]["merges"]) - len(base.spec["model"]["merges"]),
+                    "replaced_unreachable": selection.replaced_unreachable,
+                    "candidates_not_usable": selection.dropped, "base_form": base.form},
+                   inputs=inputs)
+    return MergeResult(out, out / "tokenizer.json", out / "tokenizer.json", base.size, vocab_size,
+                       len(selection.new_tokens), selection.replaced_unreachable, ()), selection.tokenizer
+
+
+def _input_digest(path: Path) -> str:
+    from kovocab.artifacts import sha256_file
+
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        return sha256_file(manifest) if manifest.is_file() else ""
+    return sha256_file(path)
+
+
+def compare_encoders(before: Encoder, after: Encoder, texts: list[str]) -> dict[str, Any]:
+    """`compare_tokenizers` for any two loaded tokenizers (`tokenizer.load`)."""
+    stats: dict[str, Any] = {
+        "golden_sentence": GOLDEN_KO,
+        "golden_tokens_before": len(before.encode(GOLDEN_KO)),
+        "golden_tokens_after": len(after.encode(GOLDEN_KO)),
+        "golden_pieces_after": after.pieces(after.encode(GOLDEN_KO)),
+    }
+    if texts:
+        chars = sum(len(t) for t in texts)
+        for name, enc in (("before", before), ("after", after)):
+            n = sum(len(enc.encode(t)) for t in texts)
+            stats[f"korean_tokens_per_sentence_{name}"] = n / len(texts)
+            stats[f"korean_chars_per_token_{name}"] = chars / n
+        stats["held_out_sentences"] = len(texts)
+    return stats
+
+
+_BYTE_LEVEL = {"model": {}, "pre_tokenizer": {"type": "ByteLevel"}}  # how TokenizersEncoder spots byte-level
+
+
+def _sweep_rows(base: Encoder, cuts: list[tuple[MergeResult, Any]], texts: list[str], out_dir: Path,
+                korean_file: Path) -> list[dict[str, Any]]:
+    from kovocab.artifacts import write_json
+
+    rows = []
+    for merged, tok in cuts:
+        figures = compare_encoders(base, TokenizersEncoder(tok, merged.tokenizer_json, _BYTE_LEVEL), texts)
+        rows.append({
+            "new_pieces": merged.new_pieces,
+            "vocab_size": merged.vocab_size,
+            "tokenizer": str(merged.out_dir),
+            "golden_tokens": figures["golden_tokens_after"],
+            "korean_tokens_per_sentence": figures.get("korean_tokens_per_sentence_after"),
+            "korean_chars_per_token": figures.get("korean_chars_per_token_after"),
+            "base_tokens_per_sentence": figures.get("korean_tokens_per_sentence_before"),
+            "held_out_sentences": figures.get("held_out_sentences", 0),
+            "replaced_unreachable": merged.replaced_unreachable,
+        })
+    write_json(out_dir / "sweep.json",
+               {"korean_model": str(korean_file), "base": str(base.path), "rows": rows})
+    return rows
 
 
 def _paths(value: str | Path | Sequence[str | Path]) -> tuple[Path, ...]:

@@ -30,8 +30,9 @@ from kovocab.tokenizer.export import (
 log = logging.getLogger(__name__)
 
 # What merge-vocab writes in out_dir; a folder holding anything else is refused.
+# (new_tokens.tsv: the byte-level merge, tokenizer.bytelevel.)
 OUTPUTS = Owned("vocab_merge", files=exact("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                                            "special_tokens_map.json", "new_pieces.tsv"))
+                                            "special_tokens_map.json", "new_pieces.tsv", "new_tokens.tsv"))
 
 # Hangul syllables, jamo and compatibility jamo: a new piece must hold one of them,
 # so no text without Korean can ever meet a new piece (English encodes as before).

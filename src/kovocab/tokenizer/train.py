@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 # Marks morpheme boundaries for sentencepiece; a private-use character no text uses.
 DELIMITER = "\ue000"
 MODEL_NAME = "korean_bpe"
-OUTPUTS = Owned("tokenizer_training", files=exact(f"{MODEL_NAME}.model"))  # what it writes in out_dir
+# What it writes in out_dir (korean_merges.json: the byte-level path, tokenizer.bytelevel).
+OUTPUTS = Owned("tokenizer_training", files=exact(f"{MODEL_NAME}.model", "korean_merges.json"))
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,30 @@ def mark_morphemes(sentences: list[str], num_workers: int = 2) -> list[str]:
     return out
 
 
+def sample_training_text(
+    corpus_paths: Iterable[Path], source_weights: Mapping[str, SourceWeight] | None, max_sentences: int,
+    seed: int, text_field: str, what: str,
+) -> tuple[list[str], int, dict[str, Any], dict[str, Any]]:
+    """The seeded, weighted sentence sample a Korean tokenizer trains on.
+
+    Returns the sentences, the lines seen, the mix manifest (per source: documents,
+    characters, factor, and the sample's sentences and characters) and the skipped records.
+    """
+    corpus = WeightedCorpus(tuple(corpus_paths), source_weights, seed, text_field=text_field, what=what)
+    with collect_skipped() as skipped_files:
+        sentences, labels, seen = sample_labelled_sentences(corpus.labelled(), max_sentences, seed)
+    skipped = skipped_summary(skipped_files)
+    if not sentences:
+        raise InputError(f"{what}: no text found in {[str(p) for p in corpus_paths]}")
+    mix = corpus.manifest()
+    for entry in mix["sources"].values():
+        entry["sample_sentences"] = entry["sample_characters"] = 0
+    for source, line in zip(labels, sentences, strict=True):
+        mix["sources"][source]["sample_sentences"] += 1
+        mix["sources"][source]["sample_characters"] += len(line)
+    return sentences, seen, mix, skipped
+
+
 def summary_lines(cfg: TokenizerTrainingConfig, res: TrainResult) -> list[str]:
     """What `kovocab train-tokenizer` prints."""
     return [f"Korean BPE ({res.vocab_size} pieces, {res.sentences} sentences): {res.model_path}"]
@@ -160,22 +185,10 @@ def train_tokenizer(cfg: TokenizerTrainingConfig) -> TrainResult:
     import sentencepiece as spm
 
     start = time.perf_counter()
-    corpus = WeightedCorpus(
-        tuple(cfg.corpus), cfg.source_weights, cfg.seed, text_field=cfg.text_field,
-        what="tokenizer_training.corpus",
+    sentences, seen, mix, skipped = sample_training_text(
+        cfg.corpus, cfg.source_weights, cfg.max_sentences, cfg.seed, cfg.text_field,
+        "tokenizer_training.corpus",
     )
-    with collect_skipped() as skipped_files:
-        sentences, labels, seen = sample_labelled_sentences(corpus.labelled(), cfg.max_sentences, cfg.seed)
-    skipped = skipped_summary(skipped_files)
-    if not sentences:
-        raise InputError(f"tokenizer_training.corpus: no text found in {list(map(str, cfg.corpus))}")
-    mix = corpus.manifest()
-    for entry in mix["sources"].values():
-        entry["sample_sentences"] = entry["sample_characters"] = 0
-    for source, line in zip(labels, sentences, strict=True):
-        mix["sources"][source]["sample_sentences"] += 1
-        mix["sources"][source]["sample_characters"] += len(line)
-    del labels
     log.info("training %s on %d of %d sentences", cfg.method, len(sentences), seen)
     extra: dict[str, Any] = {}
     if cfg.method == "morpheme-bpe":

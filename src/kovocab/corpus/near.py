@@ -1,0 +1,167 @@
+"""Stage `shard`, near-dedupe: MinHash banding -> candidate pairs -> verified pairs -> components.
+
+Inputs: MinHash signatures (uint32, n x perms) with document ids in global order. Outputs:
+the ids of near-duplicates (every member of a component of verified pairs but its first).
+Both engines call these functions, so they drop the same documents. Reference: Broder 1997;
+Leskovec, Rajaraman, Ullman, Mining of Massive Datasets, ch. 3.4 (the S-curve).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+RECALL_AT_THRESHOLD = 0.95  # banding: P(a pair of Jaccard == threshold shares a band) >= this
+WINDOW = 32  # a bucket member is compared with up to this many earlier members of the bucket
+_P1 = np.uint64(0x100000001B3)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def s_curve(similarity: float, bands: int, rows: int) -> float:
+    """Probability that two documents of Jaccard `similarity` share at least one band."""
+    return 1.0 - (1.0 - similarity**rows) ** bands
+
+
+def banding(threshold: float, perms: int) -> tuple[int, int]:
+    """(bands, rows): the most rows per band (fewest band entries per document) for which a
+    pair at exactly `threshold` is a candidate with probability >= RECALL_AT_THRESHOLD.
+
+    64 perms at 0.8: 10 bands x 6 rows (S = 0.952 at 0.8, 0.999 at 0.9, 0.15 at 0.5). Candidates
+    are then verified, so the false positives a low `rows` lets in cost time, never documents.
+    """
+    for rows in range(perms, 0, -1):
+        if s_curve(threshold, perms // rows, rows) >= RECALL_AT_THRESHOLD:
+            return perms // rows, rows
+    return perms, 1
+
+
+def min_equal(threshold: float, perms: int) -> int:
+    """Equal signature values needed for an estimated Jaccard (equal / perms) >= threshold."""
+    return math.ceil(threshold * perms - 1e-9)
+
+
+@np.errstate(over="ignore")
+def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """uint64 (n, bands): one 64-bit hash of each band's `rows` signature values."""
+    n = len(sigs)
+    out = np.empty((n, bands), dtype=np.uint64)
+    for b in range(bands):
+        h = np.zeros(n, dtype=np.uint64)
+        for v in sigs[:, b * rows : (b + 1) * rows].T:
+            h = (h ^ v.astype(np.uint64)) * _P1
+        h ^= h >> np.uint64(31)
+        out[:, b] = h * _MIX
+    return out
+
+
+def sort_band(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(m, 2) uint64 [hash, id] sorted by hash, then id: one band's bucket table."""
+    order = np.lexsort((ids, hashes))
+    return np.stack([hashes[order], ids[order]], axis=1)
+
+
+@np.errstate(over="ignore")
+def _signature_keys(sigs: np.ndarray) -> np.ndarray:
+    h = np.zeros(len(sigs), dtype=np.uint64)
+    for v in sigs.T:
+        h = (h ^ v.astype(np.uint64)) * _P1
+    return h
+
+
+def bucket_pairs(
+    table: np.ndarray, signatures: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (earlier id, later id) of a sorted band table (a bucket: all ids with
+    one hash). Members with the same whole signature (copies) pair with the first of them
+    only; the others pair with each of the up to WINDOW such members before them. So a text
+    copied a thousand times costs a thousand pairs, not WINDOW thousand. `signatures` gives
+    the signatures of ids (only members of buckets of two or more are asked for)."""
+    none = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    same = table[1:, 0] == table[:-1, 0]
+    multi = np.zeros(len(table), dtype=bool)
+    multi[1:] |= same
+    multi[:-1] |= same
+    if not multi.any():
+        return none
+    h, ids = table[multi, 0], table[multi, 1]
+    keys = _signature_keys(signatures(ids))
+    order = np.lexsort((ids, keys, h))
+    h, keys, ids = h[order], keys[order], ids[order]
+    new = np.ones(len(h), dtype=bool)
+    new[1:] = (h[1:] != h[:-1]) | (keys[1:] != keys[:-1])
+    first = ids[np.maximum.accumulate(np.where(new, np.arange(len(h)), 0))]
+    left, right = [first[~new]], [ids[~new]]
+    rep = np.lexsort((ids[new], h[new]))
+    rh, rid = h[new][rep], ids[new][rep]
+    for k in range(1, WINDOW + 1):
+        hit = np.flatnonzero(rh[k:] == rh[:-k])
+        if not len(hit):
+            break  # no bucket has more than k distinct signatures
+        left.append(rid[hit])
+        right.append(rid[hit + k])
+    return np.concatenate(left), np.concatenate(right)
+
+
+def verified(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> np.ndarray:
+    """Which candidate pairs have an estimated Jaccard (share of equal values) >= threshold."""
+    equal = (sig_a == sig_b).sum(axis=1)
+    result: np.ndarray = equal >= min_equal(threshold, sig_a.shape[1])
+    return result
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m, 2) uint64 distinct pairs, sorted (a pair found in several bands counts once)."""
+    if not len(a):
+        return np.zeros((0, 2), dtype=np.uint64)
+    pairs = np.stack([a, b], axis=1).astype(np.uint64)
+    result: np.ndarray = np.unique(pairs, axis=0)
+    return result
+
+
+def components(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted ids that are not the smallest id of their connected component (union-find over
+    the pairs only, by min-label propagation with pointer jumping)."""
+    if not len(a):
+        return np.zeros(0, dtype=np.uint64)
+    nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    ai, bi = inverse[: len(a)], inverse[len(a) :]
+    label = np.arange(len(nodes))
+    while True:
+        low = np.minimum(label[ai], label[bi])
+        new = label.copy()
+        for side in (ai, bi):
+            np.minimum.at(new, side, low)
+            np.minimum.at(new, label[side], low)  # hook the old root too
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, label):
+            break
+        label = new
+    result: np.ndarray = nodes[label != np.arange(len(nodes))]
+    return result
+
+
+def near_duplicates(sigs: np.ndarray, ids: np.ndarray, threshold: float) -> np.ndarray:
+    """All in memory (the one-process path): sorted ids of near-duplicates among `sigs`."""
+    bands, rows = banding(threshold, sigs.shape[1])
+    if np.any(ids[1:] <= ids[:-1]):
+        raise ValueError("kovocab bug: near_duplicates needs increasing ids")
+    hashes = band_hashes(sigs, bands, rows)
+    found_a, found_b = [], []
+
+    def lookup(which: np.ndarray) -> np.ndarray:
+        result: np.ndarray = sigs[np.searchsorted(ids, which)]
+        return result
+
+    for band in range(bands):
+        a, b = bucket_pairs(sort_band(hashes[:, band], ids), lookup)
+        ok = verified(lookup(a), lookup(b), threshold)
+        found_a.append(a[ok])
+        found_b.append(b[ok])
+    pairs = unique_pairs(np.concatenate(found_a), np.concatenate(found_b))
+    return components(pairs[:, 0], pairs[:, 1])
