@@ -84,8 +84,9 @@ def main() -> int:
             ExpandVocabConfig, read_recipe(ROOT / "tokenizers" / RECIPES[name]), "expand_vocab"
         )
         start = time.perf_counter()
+        base = cfg.base if cfg.base.is_absolute() else (ROOT / "tokenizers" / cfg.base).resolve()
         res = expand_vocab(
-            cfg.base,
+            base,
             args.corpus,
             args.out / name,
             target_vocab_size=cfg.target_vocab_size,
