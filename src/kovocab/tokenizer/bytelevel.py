@@ -38,6 +38,7 @@ from typing import Any
 from kovocab.artifacts import Owned, atomic_write_text, exact, write_manifest
 from kovocab.errors import TokenizerError
 from kovocab.tokenizer.bytelevel_base import ByteLevelBase, token_bytes, token_string
+from kovocab.tokenizer.load import _is_text
 from kovocab.tokenizer.merge import HANGUL
 
 log = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ def _prefix_witness(tok: Any, token: bytes, witnesses: dict[bytes, str]) -> bool
     """For a token that is the start of a character (`EC 9D`): a Hangul character that the
     tokenizer spells with it, found by encoding each completion; recorded in `witnesses`."""
     starts = [i for i, byte in enumerate(token) if byte >= 0xC0]
-    if not starts or _is_complete(token):
+    if not starts or _is_text(token):
         return False
     head, lead = token[: starts[-1]], token[starts[-1] :]
     if not 0xE0 <= lead[0] < 0xF0 or len(lead) >= 3:  # Hangul is all 3-byte characters
@@ -434,14 +435,6 @@ def _prefix_witness(tok: Any, token: bytes, witnesses: dict[bytes, str]) -> bool
             witnesses[token] = token_string(text.encode("utf-8"))
             return True
     return False
-
-
-def _is_complete(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def write_tokenizer_folder(

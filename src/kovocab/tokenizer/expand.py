@@ -376,17 +376,7 @@ def _sweep_rows(base: Encoder, cuts: list[tuple[MergeResult, Any]], texts: list[
     rows = []
     for merged, tok in cuts:
         figures = compare_encoders(base, TokenizersEncoder(tok, merged.tokenizer_json, _BYTE_LEVEL), texts)
-        rows.append({
-            "new_pieces": merged.new_pieces,
-            "vocab_size": merged.vocab_size,
-            "tokenizer": str(merged.out_dir),
-            "golden_tokens": figures["golden_tokens_after"],
-            "korean_tokens_per_sentence": figures.get("korean_tokens_per_sentence_after"),
-            "korean_chars_per_token": figures.get("korean_chars_per_token_after"),
-            "base_tokens_per_sentence": figures.get("korean_tokens_per_sentence_before"),
-            "held_out_sentences": figures.get("held_out_sentences", 0),
-            "replaced_unreachable": merged.replaced_unreachable,
-        })
+        rows.append(_sweep_row(merged.new_pieces, merged, figures))
     write_json(out_dir / "sweep.json",
                {"korean_model": str(korean_file), "base": str(base.path), "rows": rows})
     return rows
@@ -460,15 +450,7 @@ def sweep_sizes(
         figures = compare_tokenizers(base_model, merged.tokenizer_model, texts)
         pieces = load_proto(merged.tokenizer_model).pieces
         rows.append({
-            "new_pieces": n_new,
-            "vocab_size": merged.vocab_size,
-            "tokenizer": str(merged.out_dir),
-            "golden_tokens": figures["golden_tokens_after"],
-            "korean_tokens_per_sentence": figures.get("korean_tokens_per_sentence_after"),
-            "korean_chars_per_token": figures.get("korean_chars_per_token_after"),
-            "base_tokens_per_sentence": figures.get("korean_tokens_per_sentence_before"),
-            "held_out_sentences": figures.get("held_out_sentences", 0),
-            "replaced_unreachable": merged.replaced_unreachable,
+            **_sweep_row(n_new, merged, figures),
             "pieces_prefix_of_largest": all(
                 a.piece == b.piece for a, b in zip(pieces[base_size:], largest[base_size:], strict=False)
             ),
@@ -478,6 +460,21 @@ def sweep_sizes(
     write_json(out_dir / "sweep.json", {"korean_model": str(korean_model), "base": str(base_model),
                                         "rows": rows})
     return rows
+
+
+def _sweep_row(n_new: int, merged: MergeResult, figures: dict[str, Any]) -> dict[str, Any]:
+    """One row of sweep.json: a cut's size and its figures on the held-out text."""
+    return {
+        "new_pieces": n_new,
+        "vocab_size": merged.vocab_size,
+        "tokenizer": str(merged.out_dir),
+        "golden_tokens": figures["golden_tokens_after"],
+        "korean_tokens_per_sentence": figures.get("korean_tokens_per_sentence_after"),
+        "korean_chars_per_token": figures.get("korean_chars_per_token_after"),
+        "base_tokens_per_sentence": figures.get("korean_tokens_per_sentence_before"),
+        "held_out_sentences": figures.get("held_out_sentences", 0),
+        "replaced_unreachable": merged.replaced_unreachable,
+    }
 
 
 def _with_report(result: ExpandResult, base_model: Path, texts: list[str]) -> ExpandResult:
