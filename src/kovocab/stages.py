@@ -330,7 +330,8 @@ BPB = Stage(
     help="bits per byte of held-out text under (model, tokenizer) pairs: the step-0 check",
     description=(
         "Score the same documents under each model with its tokenizer (default: the\n"
-        "model folder's tokenizer.model). Give the base model and the resized one to see\n"
+        "model folder's tokenizer.model, else its tokenizer.json). Give the base model and\n"
+        "the resized one to see\n"
         "what the new rows cost before training; bits/byte does not depend on the tokenizer."),
     flags=(*MODEL_FLAGS, Flag("--text", "texts", many=True)),
     show=bpb.summary_lines,

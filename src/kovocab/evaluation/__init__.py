@@ -40,7 +40,8 @@ class EvalConfig:
     models: tuple[Path, ...] = opt(doc="model folders; two or more are compared with the first")
     out_dir: Path = opt(doc="output folder (eval.json, eval.md, items.jsonl)")
     names: tuple[str, ...] = opt((), "column names for the models (default: the folder names)")
-    tokenizers: tuple[Path, ...] = opt((), "paired with models in order; the rest use their tokenizer.model")
+    tokenizers: tuple[Path, ...] = opt((), "paired with models in order; the rest use their folder's "
+                                                  "tokenizer.model, else tokenizer.json")
     bpb_texts: tuple[TextSet, ...] = opt((), "list of {name, path}: held-out text for bits per byte")
     max_documents: int = opt(1000, "bits per byte over at most this many documents per text set")
     stride: int | None = opt(None, "bits per byte: tokens the window advances (default half the window)")

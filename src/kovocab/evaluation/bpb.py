@@ -1,7 +1,8 @@
 """Bits per byte of held-out text under a causal LM and its tokenizer: the step-0 check.
 
-Inputs: Hugging Face model folders, each with a SentencePiece tokenizer (by default its
-own tokenizer.model), and text (.txt lines, .jsonl "text", shard folders' eval split).
+Inputs: Hugging Face model folders, each with its tokenizer (by default its own
+tokenizer.model, else its tokenizer.json: `scoring.text_ids`), and text (.txt lines,
+.jsonl "text", shard folders' eval split).
 bits/byte = the documents' total NLL in bits over their UTF-8 bytes; it does not depend
 on the tokenizer, so base model + base tokenizer and resized model + expanded tokenizer
 compare directly. Long documents are scored with a sliding window over the context.
@@ -28,7 +29,8 @@ class BpbConfig:
 
     models: tuple[Path, ...] = opt(doc="model folders, e.g. the base model and the resized one")
     texts: tuple[Path, ...] = opt(doc="held-out text: .txt (a document per line), .jsonl, shard folders")
-    tokenizers: tuple[Path, ...] = opt((), "paired with models in order; the rest use their tokenizer.model")
+    tokenizers: tuple[Path, ...] = opt((), "paired with models in order; the rest use their folder's "
+                                                  "tokenizer.model, else tokenizer.json")
     max_documents: int = opt(1000, "score at most this many non-empty documents")
     max_length: int | None = opt(None, "window in tokens; default the model's max_position_embeddings")
     stride: int | None = opt(None, "tokens the window advances; default half the window")
