@@ -11,14 +11,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import DATA
-from test_corpus_pipeline import digests, manifest_without_out, nsmc_head
+from test_corpus_pipeline import _wait, digests, manifest_without_out, nsmc_head
 
 from kovocab.cli import main
 from kovocab.corpus import ShardConfig, SourceConfig, iter_shard_texts, shard_corpus, shard_local
@@ -98,17 +97,6 @@ def _recipe(tmp_path: Path, cfg: ShardConfig) -> Path:
     return path
 
 
-def _wait(predicate, proc: subprocess.Popen, timeout_s: float = 120) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    raise TimeoutError("the shard run neither progressed nor finished")
-
-
 def test_sigkilled_local_engine_resumes_to_identical_bytes(tmp_path, nsmc_5k, serial) -> None:
     cfg = config(tmp_path / "out", nsmc_5k, parts_per_file=3)
     cmd = [sys.executable, "-m", "kovocab", "shard", "--engine", "local", "--workers", "2", "-q",
@@ -118,7 +106,7 @@ def test_sigkilled_local_engine_resumes_to_identical_bytes(tmp_path, nsmc_5k, se
     # then again once the first shard is written, if the rerun gets that far.
     for done in ("*.read.json", "*-shard-*.json"):
         proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        caught = _wait(lambda pattern=done: list(work.glob(pattern)), proc)
+        caught = _wait(lambda pattern=done: list(work.glob(pattern)), proc, timeout_s=120)
         if caught:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

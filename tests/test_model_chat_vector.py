@@ -20,6 +20,7 @@ import torch
 from conftest import DATA, LLAMA2_MODEL, news_lines
 from safetensors import safe_open
 from safetensors.torch import save_file
+from test_model_resize import weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kovocab.artifacts import sha256_file
@@ -35,14 +36,6 @@ MISTRAL = DATA / "tokenizers" / "mistral_v1" / "tokenizer.model.v1"
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}<|assistant|>"
 SIDE_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for shard in open_checkpoint(folder).shards:
-        with safe_open(str(folder / shard), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 - safe_open is no dict
-    return out
 
 
 def base(folder: Path, *, tied: bool = False, hidden: int = 32) -> Path:
