@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kovocab",
         description=(
             "Teach an English-first LLM Korean: shard a Korean corpus, train Korean BPE, "
-            "merge it into the base SentencePiece vocabulary, resize embeddings, continue "
+            "merge it into the base vocabulary (SentencePiece or byte-level BPE), resize embeddings, "
+            "continue "
             "pretraining under DeepSpeed ZeRO-3, report tokenization efficiency and evaluate. "
             "`kovocab run RECIPE` runs every stage of a recipe."
         ),

@@ -266,7 +266,8 @@ def _weights(weights: Mapping[str, Any] | None) -> dict[str, Any] | None:
 EXPAND_VOCAB = Stage(
     name="expand_vocab", command="expand-vocab", cls=expand.ExpandVocabConfig,
     function="kovocab.tokenizer.expand:expand_vocab_from_config",
-    help="train-tokenizer + merge-vocab (+ report, + resize with --model) in one step",
+    help="train Korean pieces and append them to the base (SentencePiece or byte-level BPE), "
+         "+ report, + resize with --model, in one step",
     flags=(CORPUS, OUT, Flag("--eval-text", "eval_texts", many=True),
            Flag("--sweep", "sweep", "also cut the Korean model at these numbers of new pieces, e.g. "
                 "4096,8192,14336,23296,32768", type=_int_list, extra={"metavar": "N,N,..."})),

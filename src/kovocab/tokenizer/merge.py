@@ -197,10 +197,12 @@ def check_target_size(target: int, base_size: int, key: str) -> None:
     """A merge must add pieces: a target at or below the base size is a mistake, said before any work."""
     if target < base_size:
         raise TokenizerError(f"{key}: {target} is smaller than the base vocabulary ({base_size}); pieces are "
-                             "only ever appended: set it above the base size (Llama-2-Ko: 46336)")
+                             "only ever appended: set it above the base size, e.g. "
+                             f"{base_size + 14336} (+14,336 as Llama-2-Ko: 32000 -> 46336)")
     if target == base_size:
         raise TokenizerError(f"{key}: {target} equals the base vocabulary size, so no Korean piece would be "
-                             f"added: set it above {base_size} (Llama-2-Ko: 46336, a multiple of 64)")
+                             f"added: set it above {base_size}, e.g. {base_size + 14336} "
+                             "(+14,336 as Llama-2-Ko)")
 
 
 def summary_lines(cfg: MergeVocabConfig, res: MergeResult) -> list[str]:
