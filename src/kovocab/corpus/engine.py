@@ -43,7 +43,7 @@ from kovocab.artifacts import (
 )
 from kovocab.corpus.inputs import InputFile, probe, with_sha256
 from kovocab.corpus.merge import QUARANTINE, _manifest_body, doc_ids, targets
-from kovocab.corpus.near import band_hashes, banding, bucket_pairs, components, unique_pairs, verified
+from kovocab.corpus.near import band_hashes, bucket_pairs, components, unique_pairs, verified
 from kovocab.corpus.options import OUTPUTS, SECTION, ShardConfig
 from kovocab.corpus.shards import (
     ShardWriter,
@@ -114,7 +114,7 @@ def read_task(task: Task, cfg: ShardConfig, work: Path, run_docs: int = RUN_DOCS
     counts: Counter[str] = Counter()
     src = cfg.sources[task.inp.source]
     base = np.uint64(base_id(cfg, task.inp.source, task.inp.index))
-    bands, rows = banding(cfg.near_threshold, cfg.minhash_perms)
+    bands, rows = cfg.near_rule.bands, cfg.near_rule.rows
     sch = text_schema()
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # (ids, digests, band hashes)
     runs = kept = 0
@@ -212,7 +212,7 @@ def dedup_plan(cfg: ShardConfig, parts: list[Part]) -> list[tuple[str, int, int,
     ranges = max(1, math.ceil(total / RANGE_ENTRIES))
     plan = [("exact", 0, r, ranges) for r in range(ranges)] if cfg.exact_dedupe else []
     if cfg.near_dedupe:
-        bands, _ = banding(cfg.near_threshold, cfg.minhash_perms)
+        bands = cfg.near_rule.bands
         plan += [("near", b, r, ranges) for b in range(bands) for r in range(ranges)]
     return plan
 
@@ -259,7 +259,7 @@ def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Pa
         a, b = bucket_pairs(table, sigs.lookup)
         candidates = len(a)
         if len(a):
-            ok = verified(sigs.lookup(a), sigs.lookup(b), cfg.near_threshold)
+            ok = verified(sigs.lookup(a), sigs.lookup(b), cfg.near_rule)
             a, b = a[ok], b[ok]
         result = unique_pairs(a, b)
     _save(dedup_path(work, config_fp, item), result)

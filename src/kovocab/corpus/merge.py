@@ -20,7 +20,7 @@ from kovocab.artifacts import atomic_open
 from kovocab.config import to_dict
 from kovocab.corpus.dedup import DIGEST_BYTES, first_occurrences
 from kovocab.corpus.inputs import InputFile
-from kovocab.corpus.near import banding, near_duplicates
+from kovocab.corpus.near import near_duplicates
 from kovocab.corpus.normalizer import options as normalise_options
 from kovocab.corpus.options import ShardConfig
 from kovocab.corpus.shards import (
@@ -118,7 +118,7 @@ def _duplicates(cfg: ShardConfig, inputs: list[list[Path]]) -> tuple[list[np.nda
     if cfg.near_dedupe and total:
         sigs = np.concatenate(sig_chunks)
         del sig_chunks
-        ids = near_duplicates(sigs, np.arange(total, dtype=np.uint64), cfg.near_threshold)
+        ids = near_duplicates(sigs, np.arange(total, dtype=np.uint64), cfg.near_threshold, cfg.near_recall)
         near[ids.astype(np.int64)] = True
     return np.split(first, cuts), np.split(near, cuts)
 
@@ -266,9 +266,12 @@ def _manifest_body(
                 "near_threshold": cfg.near_threshold,
                 "minhash_perms": cfg.minhash_perms,
                 "shingle_chars": cfg.shingle_chars,
-                "near_bands_x_rows": list(banding(cfg.near_threshold, cfg.minhash_perms)),
-                "near_rule": "pairs sharing a band, verified by estimated Jaccard >= near_threshold; "
-                "in each connected component of verified pairs the first document is kept",
+                "near_recall": cfg.near_recall,
+                "near_bands_x_rows": [cfg.near_rule.bands, cfg.near_rule.rows],
+                "near_min_equal": cfg.near_rule.min_equal,
+                "near_dropped_by_similarity": cfg.near_rule.describe()["s_curve"],
+                "near_rule": "pairs sharing a band, verified by at least near_min_equal of minhash_perms "
+                "equal values; in each connected component of verified pairs the first document is kept",
                 "order": "eval sources first, then source, file, record; first seen is kept",
             },
             "split_sentences": cfg.split_sentences,

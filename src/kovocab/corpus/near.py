@@ -8,38 +8,15 @@ Leskovec, Rajaraman, Ullman, Mining of Massive Datasets, ch. 3.4 (the S-curve).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 
-RECALL_AT_THRESHOLD = 0.95  # banding: P(a pair of Jaccard == threshold shares a band) >= this
+from kovocab.corpus.near_rule import NEAR_RECALL, NearRule, near_rule
+
 WINDOW = 32  # a bucket member is compared with up to this many earlier members of the bucket
 _P1 = np.uint64(0x100000001B3)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def s_curve(similarity: float, bands: int, rows: int) -> float:
-    """Probability that two documents of Jaccard `similarity` share at least one band."""
-    return 1.0 - (1.0 - similarity**rows) ** bands
-
-
-def banding(threshold: float, perms: int) -> tuple[int, int]:
-    """(bands, rows): the most rows per band (fewest band entries per document) for which a
-    pair at exactly `threshold` is a candidate with probability >= RECALL_AT_THRESHOLD.
-
-    64 perms at 0.8: 10 bands x 6 rows (S = 0.952 at 0.8, 0.999 at 0.9, 0.15 at 0.5). Candidates
-    are then verified, so the false positives a low `rows` lets in cost time, never documents.
-    """
-    for rows in range(perms, 0, -1):
-        if s_curve(threshold, perms // rows, rows) >= RECALL_AT_THRESHOLD:
-            return perms // rows, rows
-    return perms, 1
-
-
-def min_equal(threshold: float, perms: int) -> int:
-    """Equal signature values needed for an estimated Jaccard (equal / perms) >= threshold."""
-    return math.ceil(threshold * perms - 1e-9)
 
 
 @np.errstate(over="ignore")
@@ -104,10 +81,10 @@ def bucket_pairs(
     return np.concatenate(left), np.concatenate(right)
 
 
-def verified(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> np.ndarray:
-    """Which candidate pairs have an estimated Jaccard (share of equal values) >= threshold."""
+def verified(sig_a: np.ndarray, sig_b: np.ndarray, rule: NearRule) -> np.ndarray:
+    """Which candidate pairs have at least rule.min_equal equal MinHash values."""
     equal = (sig_a == sig_b).sum(axis=1)
-    result: np.ndarray = equal >= min_equal(threshold, sig_a.shape[1])
+    result: np.ndarray = equal >= rule.min_equal
     return result
 
 
@@ -146,9 +123,11 @@ def components(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return result
 
 
-def near_duplicates(sigs: np.ndarray, ids: np.ndarray, threshold: float) -> np.ndarray:
+def near_duplicates(sigs: np.ndarray, ids: np.ndarray, threshold: float, recall: float = NEAR_RECALL
+                    ) -> np.ndarray:
     """All in memory (the one-process path): sorted ids of near-duplicates among `sigs`."""
-    bands, rows = banding(threshold, sigs.shape[1])
+    rule = near_rule(threshold, sigs.shape[1], recall)
+    bands, rows = rule.bands, rule.rows
     if np.any(ids[1:] <= ids[:-1]):
         raise ValueError("kovocab bug: near_duplicates needs increasing ids")
     hashes = band_hashes(sigs, bands, rows)
@@ -160,7 +139,7 @@ def near_duplicates(sigs: np.ndarray, ids: np.ndarray, threshold: float) -> np.n
 
     for band in range(bands):
         a, b = bucket_pairs(sort_band(hashes[:, band], ids), lookup)
-        ok = verified(lookup(a), lookup(b), threshold)
+        ok = verified(lookup(a), lookup(b), rule)
         found_a.append(a[ok])
         found_b.append(b[ok])
     pairs = unique_pairs(np.concatenate(found_a), np.concatenate(found_b))

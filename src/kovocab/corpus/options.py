@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from kovocab.artifacts import Owned
 from kovocab.config import absolutize_section, load_section, opt, resolve_path
+from kovocab.corpus.near_rule import NearRule, near_rule
 
 Format = Literal["auto", "txt", "jsonl", "json", "tsv", "csv", "parquet", "arrow"]
 Encoding = Literal["auto", "utf-8", "cp949", "euc-kr"]
@@ -91,12 +92,17 @@ class ShardConfig:
     )
     exact_dedupe: bool = opt(True, "drop exact duplicates (same normalised text) across all inputs")
     near_dedupe: bool = opt(
-        False, "drop near-duplicates (MinHash over character shingles; bands chosen so >= 95% of pairs "
-        "at near_threshold become candidates; candidates verified; the first of each group is kept)"
+        False, "drop near-duplicates (MinHash over character shingles, banded into candidate pairs, "
+        "each verified by its share of equal MinHash values; the first of each group is kept)"
     )
     near_threshold: float = opt(
-        0.8, "estimated Jaccard similarity (share of equal MinHash values) at or above which two "
-        "documents are near-duplicates"
+        0.8, "Jaccard similarity of character shingles at which two documents count as near-duplicates "
+        "(see near_recall; the manifest lists the share dropped at 0.5 ... 0.95)"
+    )
+    near_recall: float = opt(
+        0.9, "share of pairs at exactly near_threshold that are dropped; banding and the verification "
+        "bar are chosen for it, so some pairs below the threshold go too (64 perms at 0.8: 0.29 of "
+        "pairs at 0.7, 0.01 at 0.6; more minhash_perms make the cut sharper)"
     )
     minhash_perms: int = opt(64, "MinHash permutations per document (more: better estimates, slower)")
     shingle_chars: int = opt(5, "characters per shingle for near-dedupe")
@@ -113,6 +119,11 @@ class ShardConfig:
         "finish even when no document is kept or over half of the records are quarantined; by default "
         "that stops with an error before any shard is written (usually a wrong encoding, format or field)",
     )
+
+    @property
+    def near_rule(self) -> NearRule:
+        """Banding and verification bar of near-dedupe (kovocab.corpus.near.near_rule)."""
+        return near_rule(self.near_threshold, self.minhash_perms, self.near_recall)
 
     def check(self) -> list[str]:
         problems = []
@@ -137,6 +148,10 @@ class ShardConfig:
             problems.append(f"max_chars: {self.max_chars} is below min_chars {self.min_chars}")
         if self.repeat_min_times < 2:
             problems.append(f"repeat_min_times: must be at least 2, got {self.repeat_min_times}")
+        if not 0.1 <= self.near_threshold <= 1.0:
+            problems.append(f"near_threshold: must be between 0.1 and 1, got {self.near_threshold}")
+        if not 0.5 <= self.near_recall <= 0.99:
+            problems.append(f"near_recall: must be between 0.5 and 0.99, got {self.near_recall}")
         if not 2 <= self.minhash_perms <= 1024:
             problems.append(f"minhash_perms: must be in 2..1024, got {self.minhash_perms}")
         if not 1 <= self.shingle_chars <= 32:
