@@ -176,7 +176,7 @@ def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
         ran = shard_tasks(cfg, args.task, args.num_tasks, workers=args.workers)
         return [f"task {args.task}/{args.num_tasks}: ran {ran} phase-1 task(s) into {cfg.out}/.work",
                 "when every task has finished, run the same command without --task/--num-tasks to merge"]
-    if args.engine == "local":
+    if args.engine == "local" or cfg.keep_index or cfg.dedupe_against:  # the index needs it
         from kovocab.corpus.engine import shard_local
 
         return summary_lines(shard_local(cfg, workers=args.workers))
@@ -184,7 +184,7 @@ def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
 
 
 SHARD = Stage(
-    name="shard", command="shard", cls=shard_options.ShardConfig, function="kovocab.corpus:shard_corpus",
+    name="shard", command="shard", cls=shard_options.ShardConfig, function="kovocab.corpus.engine:shard",
     help="Korean text files -> cleaned, deduplicated JSONL.gz + Parquet shards",
     description=(
         "Read, decode, normalise, filter, dedupe and shard a Korean corpus.\n"

@@ -41,9 +41,10 @@ from kovocab.artifacts import (
     write_json,
     write_manifest,
 )
+from kovocab.corpus.index import Earlier, load_earlier, write_index
 from kovocab.corpus.inputs import InputFile, probe, with_sha256
 from kovocab.corpus.merge import QUARANTINE, _manifest_body, doc_ids, targets
-from kovocab.corpus.near import band_hashes, bucket_pairs, components, unique_pairs, verified
+from kovocab.corpus.near import WINDOW, band_hashes, bucket_pairs, component_labels, unique_pairs, verified
 from kovocab.corpus.options import OUTPUTS, SECTION, ShardConfig
 from kovocab.corpus.shards import (
     ShardWriter,
@@ -207,8 +208,9 @@ def check_complete(parts: list[Part], inputs: list[InputFile], work: Path) -> No
 
 
 def dedup_plan(cfg: ShardConfig, parts: list[Part]) -> list[tuple[str, int, int, int]]:
-    """(kind, band, range, ranges): one task per digest range and one per band x hash range."""
-    total = sum(p.kept for p in parts)
+    """(kind, band, range, ranges): one task per digest range and one per band x hash range
+    (the ranges cover this batch and every earlier corpus of dedupe_against)."""
+    total = sum(p.kept for p in parts) + sum(e.documents for e in load_earlier(cfg))
     ranges = max(1, math.ceil(total / RANGE_ENTRIES))
     plan = [("exact", 0, r, ranges) for r in range(ranges)] if cfg.exact_dedupe else []
     if cfg.near_dedupe:
@@ -236,44 +238,113 @@ def _slice(table: np.ndarray, lo: int, hi: int | None) -> np.ndarray:
 def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Part], work: Path,
                config_fp: str) -> dict[str, Any]:
     """Exact: ids of all but the first copy in one digest range. Near: verified pairs of one band
-    in one hash range. Reads only that range of every sorted run (memory-mapped)."""
+    in one hash range. Reads only that range of every sorted run (memory-mapped). With
+    dedupe_against, also the ids of this batch that duplicate an earlier corpus (in a second
+    file, written first)."""
     kind, band, r, ranges = item
     lo, hi = _bounds(r, ranges)
-    chunks = []
-    for p in parts:
-        for run in range(p.runs):
-            if kind == "exact":
-                chunks.append(_slice(np.load(p.path(work, f".x{run:04d}.npy"), mmap_mode="r"), lo, hi))
-            else:
-                chunks.append(_slice(np.load(p.path(work, f".b{run:04d}.npy"), mmap_mode="r")[band], lo, hi))
-    width = 3 if kind == "exact" else 2
-    table = np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.uint64)
+    table = _range_table(kind, band, lo, hi, [(work, p) for p in parts])
+    sigs = Signatures.of_batch(cfg, parts, work) if kind == "near" else None
+    earlier = []
+    for e in load_earlier(cfg):
+        old = _range_table(kind, band, lo, hi, [(e.folder, p) for p in e.parts])
+        if kind == "exact":
+            earlier.append(_in_earlier_exact(table, old))
+        elif sigs is not None:
+            earlier.append(_in_earlier_near(table, old, sigs, Signatures.of_index(cfg, e), cfg))
     if kind == "exact":
-        table = table[np.lexsort((table[:, 2], table[:, 1], table[:, 0]))]
         same = (table[1:, 0] == table[:-1, 0]) & (table[1:, 1] == table[:-1, 1])
         result = np.sort(table[1:, 2][same])
         candidates = len(result)
     else:
-        table = table[np.lexsort((table[:, 1], table[:, 0]))]
-        sigs = Signatures(cfg, parts, work)
+        assert sigs is not None
         a, b = bucket_pairs(table, sigs.lookup)
         candidates = len(a)
         if len(a):
             ok = verified(sigs.lookup(a), sigs.lookup(b), cfg.near_rule)
             a, b = a[ok], b[ok]
         result = unique_pairs(a, b)
-    _save(dedup_path(work, config_fp, item), result)
+    path = dedup_path(work, config_fp, item)
+    if cfg.dedupe_against:
+        found = np.unique(np.concatenate(earlier)) if earlier else np.zeros(0, dtype=np.uint64)
+        _save(earlier_path(path), found.astype(np.uint64))
+    _save(path, result)
     return {"candidates": candidates, "found": len(result)}
+
+
+def earlier_path(path: Path) -> Path:
+    return path.with_name(path.name.replace(".npy", "-earlier.npy"))
+
+
+def _range_table(kind: str, band: int, lo: int, hi: int | None, parts: list[tuple[Path, Any]]) -> np.ndarray:
+    """One hash range of every sorted run of `parts` ((folder, part) pairs), sorted: exact
+    (digest hi, digest lo, id) rows, near (band hash, id) rows."""
+    chunks = []
+    for folder, p in parts:
+        for run in range(p.runs):
+            if kind == "exact":
+                chunks.append(_slice(np.load(p.path(folder, f".x{run:04d}.npy"), mmap_mode="r"), lo, hi))
+            else:
+                runs = np.load(p.path(folder, f".b{run:04d}.npy"), mmap_mode="r")
+                chunks.append(_slice(runs[band], lo, hi))
+    width = 3 if kind == "exact" else 2
+    table = np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.uint64)
+    order = np.lexsort((table[:, 2], table[:, 1], table[:, 0])) if kind == "exact" else \
+        np.lexsort((table[:, 1], table[:, 0]))
+    return table[order]
+
+
+def _in_earlier_exact(table: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Ids of `table` (this batch) whose digest is also in `old` (an earlier corpus)."""
+    if not len(table) or not len(old):
+        return np.zeros(0, dtype=np.uint64)
+    rows = np.concatenate([old[:, :2], table[:, :2]])
+    is_new = np.concatenate([np.zeros(len(old), dtype=bool), np.ones(len(table), dtype=bool)])
+    order = np.lexsort((is_new, rows[:, 1], rows[:, 0]))  # in each digest, earlier rows first
+    rows, is_new = rows[order], is_new[order]
+    start = np.ones(len(rows), dtype=bool)
+    start[1:] = (rows[1:, 0] != rows[:-1, 0]) | (rows[1:, 1] != rows[:-1, 1])
+    first = np.maximum.accumulate(np.where(start, np.arange(len(rows)), 0))
+    hit = is_new & ~is_new[first]
+    ids = np.concatenate([old[:, 2], table[:, 2]])[order]
+    return np.asarray(ids[hit], dtype=np.uint64)
+
+
+def _in_earlier_near(table: np.ndarray, old: np.ndarray, sigs: Signatures, old_sigs: Signatures,
+                     cfg: ShardConfig) -> np.ndarray:
+    """Ids of `table` (this batch, one band's hash range) sharing a bucket with a document of
+    `old` (an earlier corpus; up to WINDOW of them per bucket) and verified against it."""
+    if not len(table) or not len(old):
+        return np.zeros(0, dtype=np.uint64)
+    left = np.searchsorted(old[:, 0], table[:, 0], side="left")
+    count = np.minimum(np.searchsorted(old[:, 0], table[:, 0], side="right") - left, WINDOW)
+    has = count > 0
+    if not has.any():
+        return np.zeros(0, dtype=np.uint64)
+    count, left, new_ids = count[has], left[has], table[has, 1]
+    offsets = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    a = np.repeat(new_ids, count)
+    b = old[np.repeat(left, count) + offsets, 1]
+    ok = verified(sigs.lookup(a), old_sigs.lookup(b), cfg.near_rule)
+    return np.unique(a[ok])
 
 
 class Signatures:
     """MinHash signatures by document id, read row by row from the read tasks' files (no
     memory map: its touched pages would count against the task however many it reads)."""
 
-    def __init__(self, cfg: ShardConfig, parts: list[Part], work: Path) -> None:
-        self.perms = cfg.minhash_perms
-        self.parts = {(base_id(cfg, p.source, p.index) >> RECORD_BITS, p.part): p for p in parts}
-        self.work = work
+    def __init__(self, perms: int, parts: dict[tuple[int, int], tuple[Path, Any]]) -> None:
+        self.perms = perms
+        self.parts = parts  # (id prefix, part) -> (folder, part with key, parts)
+
+    @classmethod
+    def of_batch(cls, cfg: ShardConfig, parts: list[Part], work: Path) -> Signatures:
+        return cls(cfg.minhash_perms,
+                   {(base_id(cfg, p.source, p.index) >> RECORD_BITS, p.part): (work, p) for p in parts})
+
+    @classmethod
+    def of_index(cls, cfg: ShardConfig, earlier: Earlier) -> Signatures:
+        return cls(cfg.minhash_perms, {(p.prefix, p.part): (earlier.folder, p) for p in earlier.parts})
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), self.perms), dtype=np.uint32)
@@ -284,13 +355,13 @@ class Signatures:
             first = self.parts.get((key, 0))
             if first is None:
                 raise RuntimeError(f"kovocab bug: no read task for document id input {key}")
-            part_of = records[sel] % np.uint64(first.parts)
+            part_of = records[sel] % np.uint64(first[1].parts)
             for part in np.unique(part_of).tolist():
                 where = sel[part_of == part]
-                p = self.parts[(key, part)]
-                rec = np.fromfile(p.path(self.work, ".rec"), dtype="<u8")  # 8 bytes per document of a part
+                folder, p = self.parts[(key, part)]
+                rec = np.fromfile(p.path(folder, ".rec"), dtype="<u8")  # 8 bytes per document of a part
                 rows = np.searchsorted(rec, records[where])
-                with open(p.path(self.work, ".sig"), "rb") as f:
+                with open(p.path(folder, ".sig"), "rb") as f:
                     fd = f.fileno()
                     buf = b"".join(os.pread(fd, width, int(r) * width) for r in rows.tolist())
                 out[where] = np.frombuffer(buf, dtype=np.uint32).reshape(-1, self.perms)
@@ -300,30 +371,50 @@ class Signatures:
 # --- write -------------------------------------------------------------------------------------
 
 
-def duplicates(
-    cfg: ShardConfig, parts: list[Part], work: Path, config_fp: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(exact ids, near ids not exact), sorted: union-find over every verified pair, computed
-    once and cached in `work` (array tasks racing here write the same bytes)."""
-    exact_path, near_path = work / f"{config_fp[:12]}-exact.npy", work / f"{config_fp[:12]}-near.npy"
-    if exact_path.is_file() and near_path.is_file():
-        return np.load(exact_path), np.load(near_path)
+KINDS = ("exact", "near", "exact_earlier", "near_earlier")
+
+
+def duplicates(cfg: ShardConfig, parts: list[Part], work: Path, config_fp: str) -> dict[str, np.ndarray]:
+    """Sorted ids by kind: exact (all but the first copy), near (union-find over every verified
+    pair: all but the first of each group), and with dedupe_against exact_earlier / near_earlier
+    (a copy of, or in a group with, a document of an earlier corpus: every such member goes).
+    Computed once and cached in `work` (array tasks racing here write the same bytes)."""
+    paths = {k: work / f"{config_fp[:12]}-{k}.npy" for k in KINDS}
+    if all(p.is_file() for p in paths.values()):
+        return {k: np.load(p) for k, p in paths.items()}
     plan = dedup_plan(cfg, parts)
-    paths = [dedup_path(work, config_fp, i) for i in plan]
-    missing = [p.name for p in paths if not p.is_file()]
+    files = [dedup_path(work, config_fp, i) for i in plan]
+    missing = [p.name for p in files if not p.is_file()]
     if missing:
         raise InputError(f"--engine local: stage dedup is not complete in {work} ({len(missing)} task(s) "
                          f"left, e.g. {missing[0]}): run every `--stage dedup` task first")
-    exact = [np.load(p) for i, p in zip(plan, paths, strict=True) if i[0] == "exact"]
-    pairs = [np.load(p) for i, p in zip(plan, paths, strict=True) if i[0] == "near"]
-    exact_ids = np.unique(np.concatenate(exact)) if exact else np.zeros(0, dtype=np.uint64)
-    near_ids = np.zeros(0, dtype=np.uint64)
+    empty = np.zeros(0, dtype=np.uint64)
+
+    def union(kind: str, earlier: bool = False) -> list[np.ndarray]:
+        return [np.load(earlier_path(p) if earlier else p) for i, p in zip(plan, files, strict=True)
+                if i[0] == kind]
+
+    def ids(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.unique(np.concatenate(arrays)).astype(np.uint64) if arrays else empty
+
+    exact_earlier = ids(union("exact", True)) if cfg.dedupe_against else empty
+    exact = np.setdiff1d(ids(union("exact")), exact_earlier)
+    near = empty
+    near_earlier = np.setdiff1d(ids(union("near", True)), exact_earlier) if cfg.dedupe_against else empty
+    pairs = union("near")
     if pairs:
-        found = np.concatenate(pairs).astype(np.uint64)
-        near_ids = np.setdiff1d(components(found[:, 0], found[:, 1]), exact_ids)
-    _save(exact_path, exact_ids.astype(np.uint64))
-    _save(near_path, near_ids.astype(np.uint64))
-    return exact_ids.astype(np.uint64), near_ids.astype(np.uint64)
+        pair = np.concatenate(pairs).astype(np.uint64)
+        nodes, label = component_labels(pair[:, 0], pair[:, 1])
+        roots = np.isin(nodes, np.union1d(exact_earlier, near_earlier))
+        with_earlier = np.isin(label, label[roots])  # in a group with a document of an earlier corpus
+        near_earlier = np.union1d(near_earlier, nodes[with_earlier])
+        near = nodes[(label != np.arange(len(nodes))) & ~with_earlier]
+    taken = np.union1d(exact, exact_earlier)
+    result = {"exact": exact, "near": np.setdiff1d(near, taken), "exact_earlier": exact_earlier,
+              "near_earlier": np.setdiff1d(near_earlier, taken)}
+    for k in KINDS[::-1]:  # "exact" last: its file says the rest are there
+        _save(paths[k], result[k].astype(np.uint64))
+    return result
 
 
 def write_marker(work: Path, config_fp: str, name: str) -> Path:
@@ -333,8 +424,7 @@ def write_marker(work: Path, config_fp: str, name: str) -> Path:
 def write_task(k: int, cfg: ShardConfig, parts: list[Part], work: Path, out: Path,
                config_fp: str) -> dict[str, Any]:
     """Shard k (cfg.shards: the eval shard): its documents of every input, in global order."""
-    exact, near = duplicates(cfg, parts, work, config_fp)
-    dropped = np.union1d(exact, near)
+    dropped = np.unique(np.concatenate(list(duplicates(cfg, parts, work, config_fp).values())))
     name = shard_name("train", k, cfg.shards) if k < cfg.shards else shard_name("eval", 0, 1)
     kept: dict[str, int] = {}
     by_input: dict[tuple[int, int], list[Part]] = {}
@@ -456,6 +546,17 @@ def read_parts(inputs: list[InputFile], cfg: ShardConfig, workers: int) -> int:
     return 1 if len([i for i in inputs if not i.empty]) >= workers else workers
 
 
+def shard(cfg: ShardConfig, workers: int = 1) -> Any:
+    """Run stage `shard` on the engine it needs: local when keep_index or dedupe_against is set
+    (they use its index files), else serial (kovocab.corpus.pipeline.shard_corpus). Both keep
+    the same documents and write the same bytes. `kovocab run` calls this."""
+    if cfg.keep_index or cfg.dedupe_against:
+        return shard_local(cfg, workers)
+    from kovocab.corpus.pipeline import shard_corpus
+
+    return shard_corpus(cfg, workers)
+
+
 def shard_local(cfg: ShardConfig, workers: int = 1) -> Any:
     """Run stage `shard` with the local engine (every stage, then the manifest); a ShardResult."""
     with claim_output(cfg.out, OUTPUTS, "shard.out"):
@@ -502,6 +603,9 @@ def _shard_local(cfg: ShardConfig, workers: int) -> Any:
         stages["write"] = run_stage("write", pool, *stage_calls("write", cfg, work, out, cfp, inputs, keys))
     stages["driver_peak_rss_mb"] = round(_peak_rss_mb(), 1)
     body = finish(cfg, inputs, parts, work, out, cfp)
+    if cfg.keep_index:
+        prefixes = [base_id(cfg, p.source, p.index) >> RECORD_BITS for p in parts]
+        write_index(cfg, parts, prefixes, work, out, fp)
     shutil.rmtree(work, ignore_errors=True)
     stats = body.pop("stats")
     stats["skipped_files"] = len(skipped)
@@ -518,7 +622,7 @@ def _shard_local(cfg: ShardConfig, workers: int) -> Any:
 def finish(cfg: ShardConfig, inputs: list[InputFile], parts: list[Part], work: Path, out: Path,
            config_fp: str) -> dict[str, Any]:
     """quarantine.jsonl and the manifest body, from the markers: every document accounted for."""
-    exact, near = duplicates(cfg, parts, work, config_fp)
+    dups = duplicates(cfg, parts, work, config_fp)
     summaries = {p.key: json.loads(p.path(work, READ_DONE).read_text(encoding="utf-8")) for p in parts}
     names = [shard_name("train", k, cfg.shards) for k in range(cfg.shards)] + [shard_name("eval", 0, 1)]
     shards = [json.loads(write_marker(work, config_fp, n).read_text(encoding="utf-8")) for n in names]
@@ -530,7 +634,7 @@ def finish(cfg: ShardConfig, inputs: list[InputFile], parts: list[Part], work: P
         keys, counts = np.unique(ids >> np.uint64(RECORD_BITS), return_counts=True)
         return Counter(dict(zip(keys.tolist(), counts.tolist(), strict=True)))
 
-    n_exact, n_near = per_input(exact), per_input(near)
+    counts = {k: per_input(v) for k, v in dups.items()}
     order = sorted(inputs, key=lambda i: (cfg.sources[i.source].use != "eval", i.source, i.index))
     entries = []
     with atomic_open(out / QUARANTINE) as q:
@@ -539,7 +643,7 @@ def finish(cfg: ShardConfig, inputs: list[InputFile], parts: list[Part], work: P
             for line in merged_quarantine([p.path(work, ".quarantine.jsonl") for p in mine]):
                 q.write(line)
             key = base_id(cfg, inp.source, inp.index) >> RECORD_BITS
-            dups = {k: v for k, v in (("exact", n_exact[key]), ("near", n_near[key])) if v}
+            found = {k: counts[k][key] for k in KINDS if counts[k][key]}
             dropped: Counter[str] = Counter()
             for p in mine:
                 dropped.update(summaries[p.key]["dropped"])
@@ -548,10 +652,10 @@ def finish(cfg: ShardConfig, inputs: list[InputFile], parts: list[Part], work: P
                      "path": str(inp.path), "sha256": inp.sha256, "bytes": inp.size,
                      "compression": inp.compression, "format": inp.format, "encoding": inp.encoding,
                      "empty": inp.empty, "kept": kept[f"{inp.source}:{inp.index}"],
-                     "duplicates": dict(sorted(dups.items())),
+                     "duplicates": dict(sorted(found.items())),
                      "records": sum(summaries[p.key]["records"] for p in mine),
                      "dropped": dict(sorted(dropped.items()))}
-            if entry["records"] != entry["kept"] + sum(dropped.values()) + sum(dups.values()):
+            if entry["records"] != entry["kept"] + sum(dropped.values()) + sum(found.values()):
                 raise RuntimeError(f"kovocab bug: records of {inp.path} do not add up: {entry}")
             entries.append(entry)
     shard_table = {s["name"]: {"docs": s["docs"], "chars": s["chars"]} for s in shards}

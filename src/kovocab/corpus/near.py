@@ -97,15 +97,14 @@ def unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return result
 
 
-def components(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Sorted ids that are not the smallest id of their connected component (union-find over
-    the pairs only, by min-label propagation with pointer jumping)."""
-    if not len(a):
-        return np.zeros(0, dtype=np.uint64)
+def component_labels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, label): the sorted ids of the pairs and, per node, the index (into nodes) of the
+    smallest id of its connected component (union-find over the pairs only, by min-label
+    propagation with pointer jumping)."""
     nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
     ai, bi = inverse[: len(a)], inverse[len(a) :]
     label = np.arange(len(nodes))
-    while True:
+    while len(a):
         low = np.minimum(label[ai], label[bi])
         new = label.copy()
         for side in (ai, bi):
@@ -119,6 +118,14 @@ def components(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if np.array_equal(new, label):
             break
         label = new
+    return nodes, label
+
+
+def components(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted ids that are not the smallest id of their connected component."""
+    if not len(a):
+        return np.zeros(0, dtype=np.uint64)
+    nodes, label = component_labels(a, b)
     result: np.ndarray = nodes[label != np.arange(len(nodes))]
     return result
 

@@ -23,7 +23,8 @@ Encoding = Literal["auto", "utf-8", "cp949", "euc-kr"]
 
 SECTION = "shard"
 # What `shard` writes in its folder; anything else there makes it refuse (artifacts.Owned).
-OUTPUTS = Owned(SECTION, files=(r"(train|eval)-\d{5}-of-\d{5}\.(jsonl\.gz|parquet)", r"quarantine\.jsonl"))
+OUTPUTS = Owned(SECTION, files=(r"(train|eval)-\d{5}-of-\d{5}\.(jsonl\.gz|parquet)", r"quarantine\.jsonl"),
+                dirs={"dedup_index": None})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -105,6 +106,16 @@ class ShardConfig:
         "pairs at 0.7, 0.01 at 0.6; more minhash_perms make the cut sharper)"
     )
     minhash_perms: int = opt(64, "MinHash permutations per document (more: better estimates, slower)")
+    keep_index: bool = opt(
+        False, "keep the dedup index (digests, MinHash signatures, sorted band runs; ~480 bytes per "
+        "document) in OUT/dedup_index, so a later batch can be deduplicated against this corpus "
+        "(dedupe_against); runs the local engine"
+    )
+    dedupe_against: tuple[Path, ...] = opt(
+        (), "output folders of earlier `shard` runs made with keep_index: a document of this batch that "
+        "is an exact or near duplicate of one of theirs (train or eval) is dropped and counted as "
+        "exact_earlier / near_earlier; their settings must match; runs the local engine"
+    )
     shingle_chars: int = opt(5, "characters per shingle for near-dedupe")
     split_sentences: bool = opt(False, "split documents into sentences with Kiwi, one sentence per line")
     max_record_bytes: int = opt(
@@ -172,7 +183,8 @@ def load_shard_config(data: Mapping[str, Any]) -> ShardConfig:
     sources = tuple(
         dataclasses.replace(s, paths=tuple(str(resolve_path(p, base)) for p in s.paths)) for s in cfg.sources
     )
-    return dataclasses.replace(cfg, sources=sources)
+    against = tuple(resolve_path(p, base) for p in cfg.dedupe_against)
+    return dataclasses.replace(cfg, sources=sources, dedupe_against=against)
 
 
 def absolute_section(section: Mapping[str, Any], base_dir: str | Path | None) -> dict[str, Any]:

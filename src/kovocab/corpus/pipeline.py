@@ -71,6 +71,10 @@ def config_fingerprint(cfg: ShardConfig) -> str:
         "config": to_dict(dataclasses.replace(cfg, out=Path("."), parts_per_file=0)),
     }
     body["config"].pop("allow_low_yield")  # decides only whether to finish, not what phase 1 writes
+    if cfg.dedupe_against:  # what an earlier index holds is fixed by the run that wrote it
+        from kovocab.corpus.index import load_earlier
+
+        body["earlier"] = [e.fingerprint for e in load_earlier(cfg)]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -217,7 +221,13 @@ def shard_corpus(cfg: ShardConfig, workers: int = 1, progress: bool | None = Non
     step as bounded tasks instead; both keep the same documents and write the same bytes.
     Holds the lock on `cfg.out` while it runs; a folder holding files that `shard` does not
     write (anything but its shards, quarantine.jsonl, config.yaml, manifest.json) is refused.
+    keep_index and dedupe_against need the local engine (shard_local): with either set this
+    refuses; kovocab.corpus.engine.shard picks the engine.
     """
+    if cfg.keep_index or cfg.dedupe_against:
+        raise ConfigError("keep_index / dedupe_against need the local engine's index files: call "
+                          "kovocab.corpus.shard_local(cfg, workers) (or kovocab.corpus.engine.shard), or "
+                          "`kovocab shard`, which picks it for them")
     with claim_output(cfg.out, OUTPUTS, "shard.out"):
         return _shard_corpus(cfg, workers, progress)
 
@@ -275,6 +285,9 @@ def shard_tasks(
     _check_workers(workers)
     if not 0 <= task < num_tasks:
         raise InputError(f"--task {task} is not in 0..{num_tasks - 1} (--num-tasks {num_tasks})")
+    if cfg.keep_index or cfg.dedupe_against:
+        raise InputError("keep_index / dedupe_against run on the local engine: use --engine local --stage "
+                         "read|dedup|write --task I --num-tasks N for array jobs")
     out = Path(cfg.out)
     # No input is hashed here except the ones this task reads: with many array tasks
     # and a large corpus, hashing everything everywhere would cost more than the work.
