@@ -437,6 +437,9 @@ def write_task(k: int, cfg: ShardConfig, parts: list[Part], work: Path, out: Pat
             src = cfg.sources[source]
             base = np.uint64(base_id(cfg, source, index))
             paths = [p.path(work, f".t{k:05d}.arrow") for p in sorted(by_input[(source, index)], key=_part)]
+            if not all(path.is_file() for path in paths):
+                raise InputError(f"--engine local: {name} must be written again, but its texts in {work} are "
+                                 "gone (removed once it was first written): delete that folder and run again")
             n = 0
             for batch in merged_batches(paths):
                 ids = numbers(batch.column("record"), np.uint64) | base
@@ -451,6 +454,9 @@ def write_task(k: int, cfg: ShardConfig, parts: list[Part], work: Path, out: Pat
             kept[f"{source}:{index}"] = n
     result = {"name": name, "docs": writer.docs, "chars": writer.total_chars, "kept": kept}
     write_json(write_marker(work, config_fp, name), result)
+    for source, index in order:  # only this shard's task reads them, and it is done
+        for p in by_input[(source, index)]:
+            p.path(work, f".t{k:05d}.arrow").unlink(missing_ok=True)
     return result
 
 
@@ -584,7 +590,8 @@ def _shard_local(cfg: ShardConfig, workers: int) -> Any:
     tasks = plan_tasks(inputs, cfg, cfp, work, workers, done_suffix=READ_DONE, parts=parts_n)
     todo = [t for t in tasks if not t.path(work, READ_DONE).is_file()]
     todo.sort(key=lambda t: (-t.inp.size, t.key))  # biggest first
-    with make_pool(workers) as pool:
+    pool = make_pool(workers)
+    try:
         calls = [(t, cfg, work, RUN_DOCS) for t in todo]
         stages: dict[str, Any] = {"read": run_stage("read", pool, read_task, calls)}
         pl.check_yield(cfg, tasks, work, READ_DONE)
@@ -601,6 +608,10 @@ def _shard_local(cfg: ShardConfig, workers: int) -> Any:
         remove_outputs(out, OUTPUTS, "shard.out", keep=done)
         write_config(out, SECTION, cfg)
         stages["write"] = run_stage("write", pool, *stage_calls("write", cfg, work, out, cfp, inputs, keys))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)  # the workers exit while the driver finishes
     stages["driver_peak_rss_mb"] = round(_peak_rss_mb(), 1)
     body = finish(cfg, inputs, parts, work, out, cfp)
     if cfg.keep_index:
