@@ -24,7 +24,14 @@ from kovocab.corpus import ShardConfig, SourceConfig, iter_shard_texts, shard_co
 from kovocab.corpus import engine as engine_mod
 from kovocab.corpus.dedup import MinHasher, shingles
 from kovocab.corpus.engine import shard_stage
-from kovocab.corpus.near import band_hashes, bucket_pairs, near_duplicates, sort_band
+from kovocab.corpus.near import (
+    band_hashes,
+    bucket_pairs,
+    components,
+    near_duplicates,
+    sort_band,
+    spanning_forest,
+)
 from kovocab.corpus.near_rule import near_rule, s_curve
 
 FORMAL = DATA / "korean_formal"
@@ -230,3 +237,24 @@ def test_near_rule_s_curve_is_what_near_duplicates_drops(threshold, perms) -> No
         assert np.all(dropped % 2 == 1)  # only copies, never the first of a pair
         # a lower bound (a candidate agrees on a whole band), tight within a few points
         assert rule.dropped(s) - 0.03 <= share <= rule.dropped(s) + 0.06, (s, share, rule.dropped(s))
+
+
+def test_union_find_of_task_forests_folded_in_batches_keeps_every_component(tmp_path) -> None:
+    """Dedup tasks write spanning forests and the driver folds them in batches: the groups
+    must be those of all the pairs at once, whatever the batch size."""
+    rng = np.random.default_rng(3)
+    files, every_a, every_b = [], [], []
+    for k in range(20):
+        a, b = rng.integers(0, 3000, size=(2, 150)).astype(np.uint64)
+        lo, hi = np.minimum(a, b)[a != b], np.maximum(a, b)[a != b]
+        forest = spanning_forest(lo, hi)
+        assert len(forest) < len(np.unique(np.concatenate([lo, hi])))  # one edge per id but the roots
+        np.save(tmp_path / f"{k}.npy", forest)
+        files.append(tmp_path / f"{k}.npy")
+        every_a.append(lo)
+        every_b.append(hi)
+    expected = components(np.concatenate(every_a), np.concatenate(every_b))
+    assert 500 < len(expected) < 2900
+    for batch in (1, 400, 1 << 22):
+        forest = engine_mod._union_find(files, batch)
+        assert np.array_equal(components(forest[:, 0], forest[:, 1]), expected), batch

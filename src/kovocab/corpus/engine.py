@@ -44,7 +44,7 @@ from kovocab.artifacts import (
 from kovocab.corpus.index import Earlier, load_earlier, write_index
 from kovocab.corpus.inputs import InputFile, probe, with_sha256
 from kovocab.corpus.merge import QUARANTINE, _manifest_body, doc_ids, targets
-from kovocab.corpus.near import WINDOW, band_hashes, bucket_pairs, component_labels, unique_pairs, verified
+from kovocab.corpus.near import WINDOW, band_hashes, bucket_pairs, component_labels, spanning_forest, verified
 from kovocab.corpus.options import OUTPUTS, SECTION, ShardConfig
 from kovocab.corpus.shards import (
     ShardWriter,
@@ -237,10 +237,10 @@ def _slice(table: np.ndarray, lo: int, hi: int | None) -> np.ndarray:
 
 def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Part], work: Path,
                config_fp: str) -> dict[str, Any]:
-    """Exact: ids of all but the first copy in one digest range. Near: verified pairs of one band
-    in one hash range. Reads only that range of every sorted run (memory-mapped). With
-    dedupe_against, also the ids of this batch that duplicate an earlier corpus (in a second
-    file, written first)."""
+    """Exact: ids of all but the first copy in one digest range. Near: the verified pairs of one
+    band in one hash range, as a spanning forest. Reads only that range of every sorted run
+    (memory-mapped). With dedupe_against, also the ids of this batch that duplicate an
+    earlier corpus (in a second file, written first)."""
     kind, band, r, ranges = item
     lo, hi = _bounds(r, ranges)
     table = _range_table(kind, band, lo, hi, [(work, p) for p in parts])
@@ -263,7 +263,7 @@ def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Pa
         if len(a):
             ok = verified(sigs.lookup(a), sigs.lookup(b), cfg.near_rule)
             a, b = a[ok], b[ok]
-        result = unique_pairs(a, b)
+        result = spanning_forest(a, b)  # its components, with at most one edge per document
     path = dedup_path(work, config_fp, item)
     if cfg.dedupe_against:
         found = np.unique(np.concatenate(earlier)) if earlier else np.zeros(0, dtype=np.uint64)
@@ -401,10 +401,9 @@ def duplicates(cfg: ShardConfig, parts: list[Part], work: Path, config_fp: str) 
     exact = np.setdiff1d(ids(union("exact")), exact_earlier)
     near = empty
     near_earlier = np.setdiff1d(ids(union("near", True)), exact_earlier) if cfg.dedupe_against else empty
-    pairs = union("near")
-    if pairs:
-        pair = np.concatenate(pairs).astype(np.uint64)
-        nodes, label = component_labels(pair[:, 0], pair[:, 1])
+    forest = _union_find([p for i, p in zip(plan, files, strict=True) if i[0] == "near"])
+    if len(forest):
+        nodes, label = component_labels(forest[:, 0], forest[:, 1])
         roots = np.isin(nodes, np.union1d(exact_earlier, near_earlier))
         with_earlier = np.isin(label, label[roots])  # in a group with a document of an earlier corpus
         near_earlier = np.union1d(near_earlier, nodes[with_earlier])
@@ -415,6 +414,26 @@ def duplicates(cfg: ShardConfig, parts: list[Part], work: Path, config_fp: str) 
     for k in KINDS[::-1]:  # "exact" last: its file says the rest are there
         _save(paths[k], result[k].astype(np.uint64))
     return result
+
+
+def _union_find(paths: list[Path], batch: int = 1 << 22) -> np.ndarray:
+    """One spanning forest of every near task's forest, read file by file and folded whenever
+    the edges read since the last fold pass `batch` and the forest's size: memory stays about
+    16 bytes per near-duplicate plus one batch, however many bands found each pair."""
+    forest = np.zeros((0, 2), dtype=np.uint64)
+    pending: list[np.ndarray] = []
+    count = 0
+    for path in paths:
+        edges = np.load(path)
+        pending.append(edges)
+        count += len(edges)
+        if count > max(batch, len(forest)):
+            both = np.concatenate([forest, *pending])
+            forest, pending, count = spanning_forest(both[:, 0], both[:, 1]), [], 0
+    if pending:
+        both = np.concatenate([forest, *pending])
+        forest = spanning_forest(both[:, 0], both[:, 1])
+    return forest
 
 
 def write_marker(work: Path, config_fp: str, name: str) -> Path:

@@ -121,6 +121,19 @@ def component_labels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return nodes, label
 
 
+def spanning_forest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m, 2) uint64 [smallest id of the component, id] for every id of the pairs but the
+    smallest of its component, sorted: the same components as the pairs with at most one
+    edge per id (a group of n similar documents gives up to WINDOW x n pairs, n - 1 edges)."""
+    if not len(a):
+        return np.zeros((0, 2), dtype=np.uint64)
+    nodes, label = component_labels(a, b)
+    child = label != np.arange(len(nodes))
+    forest = np.stack([nodes[label[child]], nodes[child]], axis=1).astype(np.uint64)
+    result: np.ndarray = forest[np.lexsort((forest[:, 1], forest[:, 0]))]
+    return result
+
+
 def components(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Sorted ids that are not the smallest id of their connected component."""
     if not len(a):
