@@ -18,6 +18,7 @@ import json
 import lzma
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -92,7 +93,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-corpus-scale")
     ap.add_argument("--scales", default="0.25,0.5,1,2")
-    ap.add_argument("--runs", default="serial:1,local:1,local:2", help="engine:workers, comma-separated")
+    ap.add_argument("--runs", default="serial:1,local:1,local:2",
+                    help="engine:workers, comma-separated, in this order (repeat local:1,local:2 for "
+                    "medians)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -118,9 +121,15 @@ def main() -> int:
             print(f"{scale:>4}x {mb:6.1f} MB {engine:>6} w={workers}  wall {row['wall_s']:7.1f} s  cpu "
                   f"{row['cpu_s']:7.1f} s  {row['mb_per_cpu_s']:5.2f} MB/cpu-s  kept {row['kept']}  dups "
                   f"{row['duplicates']}  {mem}  (load {row['load']})", flush=True)
-    for scale in {r["scale"] for r in rows}:
+    for scale in sorted({r["scale"] for r in rows}):
         same = {(r["kept"], r["duplicates"]) for r in rows if r["scale"] == scale}
         print(f"{scale}x: every engine kept the same count: {len(same) == 1}")
+        walls = {w: sorted(r["wall_s"] for r in rows if r["scale"] == scale and r["engine"] == "local"
+                           and r["workers"] == w) for w in (1, 2)}
+        if walls[1] and walls[2]:  # repeat local:1,local:2 in --runs for medians
+            one, two = statistics.median(walls[1]), statistics.median(walls[2])
+            print(f"{scale}x: local 2 workers vs 1: {one / two:.2f}x (median wall {one:.1f} s vs {two:.1f} s "
+                  f"over {len(walls[1])} and {len(walls[2])} runs)")
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"results: {args.out / 'results.json'}")
     return 0
