@@ -166,7 +166,7 @@ def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
     if args.engine == "datatrove":
         if args.task is not None or args.num_tasks is not None:
             raise ConfigError("--engine datatrove runs every stage; on a cluster use its SLURM executor "
-                              "(README: corpus on a cluster) or --engine local with --stage/--task")
+                              "(README: Beyond one machine) or --engine local with --stage/--task")
         from kovocab.corpus.on_datatrove import shard_datatrove
 
         return summary_lines(shard_datatrove(cfg, workers=args.workers, tasks=args.tasks))

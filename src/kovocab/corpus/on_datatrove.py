@@ -139,6 +139,11 @@ def shard_executors(cfg: ShardConfig, executor: str = "local", tasks: int = 1, w
     logs = logging_folder(cfg, tasks, logging_dir)
     forget_stale_completions(cfg, logs)
     prefix = kwargs.pop("job_name", "kovocab-shard")
+    if executor == "local":
+        # datatrove's default is forkserver; spawn as in --engine local: the same imports per
+        # worker, workers that are the driver's own children (their CPU time is counted), and
+        # no fork of a process where pyarrow or Kiwi already run threads.
+        kwargs.setdefault("start_method", "spawn")
     chain: list[PipelineExecutor] = []
     for stage in (*STAGES, FINISH):
         step = ShardFinish(cfg, logs) if stage == FINISH else ShardStage(cfg, stage)
