@@ -60,9 +60,15 @@ def test_datatrove_engine_errors(tmp_path, nsmc_5k, monkeypatch, capsys) -> None
     assert list(logs.glob("*-1/read/completions/00000"))
     shard_executors(cfg, tasks=1, workers=1)
     assert not list(logs.glob("*-1/read/completions/*"))
+    # --tasks belongs to --engine datatrove; datatrove's ranks replace --task/--num-tasks.
+    x = str(tmp_path / "x")
+    assert main(["shard", "--engine", "local", "--tasks", "2", "--out", x, str(nsmc_5k)]) == 1
+    assert main(["shard", "--engine", "datatrove", "--task", "0", "--num-tasks", "2", "--out", x,
+                 str(nsmc_5k)]) == 1
+    assert "--engine datatrove runs every stage" in capsys.readouterr().err
     # Without datatrove installed: which extra to install.
     for name in [n for n in sys.modules if n.split(".")[0] == "datatrove"]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "kovocab.corpus.on_datatrove")
-    assert main(["shard", "--engine", "datatrove", "--out", str(tmp_path / "x"), str(nsmc_5k)]) == 1
+    assert main(["shard", "--engine", "datatrove", "--out", x, str(nsmc_5k)]) == 1
     assert "pip install 'kovocab[datatrove]'" in capsys.readouterr().err

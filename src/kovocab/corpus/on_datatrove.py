@@ -25,7 +25,7 @@ except ImportError as exc:  # the module is imported only by `--engine datatrove
     raise MissingDependencyError("datatrove", "datatrove", "kovocab shard --engine datatrove") from exc
 
 from kovocab.artifacts import claim_output, read_manifest
-from kovocab.corpus.engine import STAGES, finished_parts, shard_local, shard_stage, stage_calls
+from kovocab.corpus.engine import STAGES, check_limits, finished_parts, shard_local, shard_stage, stage_calls
 from kovocab.corpus.inputs import probe
 from kovocab.corpus.options import OUTPUTS, ShardConfig
 from kovocab.corpus.tasks import WORK
@@ -162,6 +162,9 @@ def shard_datatrove(cfg: ShardConfig, workers: int = 1, tasks: int | None = None
     from kovocab.corpus import pipeline as pl
 
     pl._check_workers(workers)
+    inputs = probe(cfg, hashes=False)  # input mistakes reported here once, not by every rank
+    pl._check_not_all_empty(inputs)
+    check_limits(cfg, inputs)
     out = Path(cfg.out)
     with claim_output(out, OUTPUTS, "shard.out"):
         before = read_manifest(out)
