@@ -46,12 +46,15 @@ def test_datatrove_engine_resumes_a_killed_run_to_the_serial_bytes(tmp_path, nsm
 
 
 def test_datatrove_engine_errors(tmp_path, nsmc_5k, monkeypatch, capsys) -> None:  # noqa: F811
-    from kovocab.corpus.on_datatrove import ShardStage, shard_executors
+    from kovocab.corpus.on_datatrove import ShardStage, check_stages_done, shard_executors
 
     cfg = config(tmp_path / "out", nsmc_5k)
     # dedup before read: the stage's input is incomplete.
     with pytest.raises(Exception, match="stage read is not complete"):
         list(ShardStage(cfg, "dedup").run(None, 0, 1))
+    # finish after ranks marked done whose files are gone: says which stage and what to remove.
+    with pytest.raises(Exception, match=r"stage read is not complete .* remove .*\.datatrove"):
+        check_stages_done(cfg, Path(f"{cfg.out}.datatrove"))
     # Completion files that outlive the output folder (removed by hand) are not trusted:
     # building the executors removes them, so the stages run again.
     logs = Path(f"{cfg.out}.datatrove")
