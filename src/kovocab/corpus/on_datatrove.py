@@ -42,11 +42,11 @@ class ShardStage(PipelineStep):
     type = "kovocab"
 
     def __init__(self, cfg: ShardConfig, stage: str) -> None:
-        super().__init__()
         if stage not in STAGES:
             raise ConfigError(f"stage {stage!r}: choose one of {', '.join(STAGES)}")
+        self.name = f"kovocab shard: {stage}"  # before the base class names its stats after it
+        super().__init__()
         self.cfg, self.stage = cfg, stage
-        self.name = f"kovocab shard: {stage}"
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
         with self.track_time(unit="rank"):
