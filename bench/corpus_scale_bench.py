@@ -1,5 +1,6 @@
 """`kovocab shard` with near-dedupe at 0.25x, 0.5x, 1x and 2x NSMC: engine serial (the
-one-process reference) and engine local on 1 and 2 workers, side by side in one run.
+one-process reference) and engine local on 1 and 2 workers, side by side in one run
+(`--runs local:2,datatrove:2`: the local engine's tasks on datatrove's LocalPipelineExecutor).
 
     .venv/bin/python bench/corpus_scale_bench.py [--out runs/bench-corpus-scale] [--scales 0.25,0.5,1,2]
 
@@ -38,7 +39,11 @@ from kovocab.corpus import load_shard_config, shard_corpus, shard_local
 from kovocab.config import read_recipe
 cfg = load_shard_config(read_recipe(sys.argv[1]))
 engine, workers = sys.argv[2], int(sys.argv[3])
-res = shard_local(cfg, workers) if engine == "local" else shard_corpus(cfg, workers, progress=False)
+if engine == "datatrove":
+    from kovocab.corpus.on_datatrove import shard_datatrove
+    res = shard_datatrove(cfg, workers)
+else:
+    res = shard_local(cfg, workers) if engine == "local" else shard_corpus(cfg, workers, progress=False)
 print(json.dumps({"kept": res.kept, "duplicates": res.duplicates, "stages": res.stages}))
 """
 
@@ -107,6 +112,7 @@ def main() -> int:
             engine, workers = spec.split(":")
             shards = args.out / "shards"
             shutil.rmtree(shards, ignore_errors=True)
+            shutil.rmtree(f"{shards}.datatrove", ignore_errors=True)  # datatrove's logs and completions
             recipe = args.out / "recipe.yaml"
             recipe.write_text(json.dumps({"shard": {"sources": sources, "out": str(shards),
                                                     "near_dedupe": True}}), encoding="utf-8")
@@ -117,8 +123,10 @@ def main() -> int:
             mem = (" / ".join(f"{k} {st[k]['peak_rss_mb_per_worker']:.0f} (+{st[k]['task_growth_mb']:.0f})"
                               for k in ("read", "dedup", "write"))
                    + f" MB per worker, driver {st['driver_peak_rss_mb']:.0f}"
-                   if st else f"peak {row['max_rss_mb']} MB")
-            print(f"{scale:>4}x {mb:6.1f} MB {engine:>6} w={workers}  wall {row['wall_s']:7.1f} s  cpu "
+                   if "driver_peak_rss_mb" in st else f"peak {row['max_rss_mb']} MB")
+            if engine == "datatrove":
+                mem += " | wall s " + " / ".join(f"{k} {v['wall_s']:.1f}" for k, v in st.items())
+            print(f"{scale:>4}x {mb:6.1f} MB {engine:>9} w={workers}  wall {row['wall_s']:7.1f} s  cpu "
                   f"{row['cpu_s']:7.1f} s  {row['mb_per_cpu_s']:5.2f} MB/cpu-s  kept {row['kept']}  dups "
                   f"{row['duplicates']}  {mem}  (load {row['load']})", flush=True)
     for scale in sorted({r["scale"] for r in rows}):

@@ -160,6 +160,16 @@ def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
 
     if args.stage is not None and args.engine != "local":
         raise ConfigError("--stage runs one stage of --engine local: add --engine local")
+    if args.tasks is not None and args.engine != "datatrove":
+        raise ConfigError("--tasks sets the ranks of --engine datatrove: add --engine datatrove "
+                          "(array jobs: --task I --num-tasks N)")
+    if args.engine == "datatrove":
+        if args.task is not None or args.num_tasks is not None:
+            raise ConfigError("--engine datatrove runs every stage; on a cluster use its SLURM executor "
+                              "(README: Beyond one machine) or --engine local with --stage/--task")
+        from kovocab.corpus.on_datatrove import shard_datatrove
+
+        return summary_lines(shard_datatrove(cfg, workers=args.workers, tasks=args.tasks))
     if args.task is not None or args.num_tasks is not None:
         if args.task is None or args.num_tasks is None:
             raise ConfigError("--task and --num-tasks go together (task I of N, I in 0..N-1)")
@@ -195,11 +205,14 @@ SHARD = Stage(
         "--stage read, then dedup, then write (each an array), then without --stage."),
     flags=(Flag("inputs", help="files, folders or globs (one source)", extra={"metavar": "INPUT"}),
            Flag("--out", "out", "output folder (shard.out)", type=str),
-           Flag("--workers", help="processes for phase 1 (default 1); --engine local: for every stage",
+           Flag("--workers", help="processes for phase 1 (default 1); --engine local/datatrove: for "
+                "every stage",
                 type=int, extra={"default": 1}),
            Flag("--engine", help="serial (default): phase 1 in parallel, then one process dedupes and "
-                "writes; local: every step as bounded tasks (memory flat in the corpus size)",
-                extra={"default": "serial", "choices": ["serial", "local"]}),
+                "writes; local: every step as bounded tasks (memory flat in the corpus size); "
+                "datatrove: local's tasks run by datatrove's LocalPipelineExecutor",
+                extra={"default": "serial", "choices": ["serial", "local", "datatrove"]}),
+           Flag("--tasks", help="--engine datatrove: ranks per stage (default --workers)", type=int),
            Flag("--stage", help="--engine local on a cluster: run only this stage's tasks "
                 "(read, dedup, write; with --task/--num-tasks)",
                 extra={"choices": ["read", "dedup", "write"]}),

@@ -2,7 +2,8 @@
 
 Modules follow the data: inputs -> reader/tables -> decoding -> normalizer -> filters ->
 dedup -> near -> sentences -> tasks (phase 1) -> merge + shards (phase 2) -> pipeline;
-engine: the same steps as bounded tasks (--engine local).
+engine: the same steps as bounded tasks (--engine local); on_datatrove: those tasks on
+datatrove's executors (--engine datatrove).
 """
 
 from __future__ import annotations
