@@ -261,7 +261,7 @@ def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Pa
         a, b = bucket_pairs(table, sigs.lookup)
         candidates = len(a)
         if len(a):
-            ok = verified(sigs.lookup(a), sigs.lookup(b), cfg.near_rule)
+            ok = verified(a, b, cfg.near_rule, sigs.lookup)
             a, b = a[ok], b[ok]
         result = spanning_forest(a, b)  # its components, with at most one edge per document
     path = dedup_path(work, config_fp, item)
@@ -325,7 +325,7 @@ def _in_earlier_near(table: np.ndarray, old: np.ndarray, sigs: Signatures, old_s
     offsets = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
     a = np.repeat(new_ids, count)
     b = old[np.repeat(left, count) + offsets, 1]
-    ok = verified(sigs.lookup(a), old_sigs.lookup(b), cfg.near_rule)
+    ok = verified(a, b, cfg.near_rule, sigs.lookup, old_sigs.lookup)
     return np.unique(a[ok])
 
 
@@ -359,8 +359,10 @@ class Signatures:
             for part in np.unique(part_of).tolist():
                 where = sel[part_of == part]
                 folder, p = self.parts[(key, part)]
-                rec = np.fromfile(p.path(folder, ".rec"), dtype="<u8")  # 8 bytes per document of a part
+                # A memory map: a lookup touches only the pages its binary searches visit.
+                rec = np.memmap(p.path(folder, ".rec"), dtype="<u8", mode="r")  # 8 bytes per document
                 rows = np.searchsorted(rec, records[where])
+                del rec
                 with open(p.path(folder, ".sig"), "rb") as f:
                     fd = f.fileno()
                     buf = b"".join(os.pread(fd, width, int(r) * width) for r in rows.tolist())

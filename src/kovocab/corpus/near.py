@@ -15,6 +15,7 @@ import numpy as np
 from kovocab.corpus.near_rule import NEAR_RECALL, NearRule, near_rule
 
 WINDOW = 32  # a bucket member is compared with up to this many earlier members of the bucket
+CHUNK = 1 << 16  # signatures looked up at a time (64 perms: 16 MB), so memory is flat in the pairs
 _P1 = np.uint64(0x100000001B3)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -63,7 +64,8 @@ def bucket_pairs(
     if not multi.any():
         return none
     h, ids = table[multi, 0], table[multi, 1]
-    keys = _signature_keys(signatures(ids))
+    keys = np.concatenate([_signature_keys(signatures(ids[i : i + CHUNK]))
+                           for i in range(0, len(ids), CHUNK)])
     order = np.lexsort((ids, keys, h))
     h, keys, ids = h[order], keys[order], ids[order]
     new = np.ones(len(h), dtype=bool)
@@ -81,11 +83,17 @@ def bucket_pairs(
     return np.concatenate(left), np.concatenate(right)
 
 
-def verified(sig_a: np.ndarray, sig_b: np.ndarray, rule: NearRule) -> np.ndarray:
-    """Which candidate pairs have at least rule.min_equal equal MinHash values."""
-    equal = (sig_a == sig_b).sum(axis=1)
-    result: np.ndarray = equal >= rule.min_equal
-    return result
+def verified(a: np.ndarray, b: np.ndarray, rule: NearRule, signatures: Callable[[np.ndarray], np.ndarray],
+             signatures_b: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Which candidate pairs (a[i], b[i]) have at least rule.min_equal equal MinHash values;
+    `signatures` gives the signatures of ids (of b's: `signatures_b`, default the same),
+    asked for CHUNK pairs at a time."""
+    lookup_b = signatures if signatures_b is None else signatures_b
+    ok = np.zeros(len(a), dtype=bool)
+    for i in range(0, len(a), CHUNK):
+        equal = (signatures(a[i : i + CHUNK]) == lookup_b(b[i : i + CHUNK])).sum(axis=1)
+        ok[i : i + CHUNK] = equal >= rule.min_equal
+    return ok
 
 
 def unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -159,7 +167,7 @@ def near_duplicates(sigs: np.ndarray, ids: np.ndarray, threshold: float, recall:
 
     for band in range(bands):
         a, b = bucket_pairs(sort_band(hashes[:, band], ids), lookup)
-        ok = verified(lookup(a), lookup(b), rule)
+        ok = verified(a, b, rule, lookup)
         found_a.append(a[ok])
         found_b.append(b[ok])
     pairs = unique_pairs(np.concatenate(found_a), np.concatenate(found_b))
