@@ -330,8 +330,9 @@ def _in_earlier_near(table: np.ndarray, old: np.ndarray, sigs: Signatures, old_s
 
 
 class Signatures:
-    """MinHash signatures by document id, read row by row from the read tasks' files (no
-    memory map: its touched pages would count against the task however many it reads)."""
+    """MinHash signatures by document id, read row by row from the read tasks' `.sig` files
+    with pread (a memory map's touched pages would count against the task however many it
+    reads); the record numbers that locate a row are memory-mapped, one part at a time."""
 
     def __init__(self, perms: int, parts: dict[tuple[int, int], tuple[Path, Any]]) -> None:
         self.perms = perms
@@ -420,8 +421,9 @@ def duplicates(cfg: ShardConfig, parts: list[Part], work: Path, config_fp: str) 
 
 def _union_find(paths: list[Path], batch: int = 1 << 22) -> np.ndarray:
     """One spanning forest of every near task's forest, read file by file and folded whenever
-    the edges read since the last fold pass `batch` and the forest's size: memory stays about
-    16 bytes per near-duplicate plus one batch, however many bands found each pair."""
+    the edges read since the last fold pass `batch` and the forest's size: it holds about one
+    16-byte edge per near-duplicate document plus one batch (and a fold's temporaries),
+    however many bands found each pair."""
     forest = np.zeros((0, 2), dtype=np.uint64)
     pending: list[np.ndarray] = []
     count = 0
