@@ -523,6 +523,13 @@ def _call(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> dict[str,
 
 def _init_worker() -> None:
     logging.basicConfig(level=logging.WARNING)
+    import pyarrow.ipc  # noqa: F401  what every task imports, done when the worker starts
+
+    import kovocab.corpus.tasks  # noqa: F401
+
+
+def _ready() -> None:
+    """Nothing: submitted once per worker so the pool starts them all at once."""
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
@@ -597,24 +604,27 @@ def _shard_local(cfg: ShardConfig, workers: int) -> Any:
 
     pl._check_workers(workers)
     out = Path(cfg.out)
-    skipped: list[dict[str, str]] = []
-    inputs = probe(cfg, skipped=skipped)
-    pl._log_skipped(skipped)
-    pl._check_not_all_empty(inputs)
-    check_limits(cfg, inputs)
-    fp, cfp = pl.fingerprint(cfg, inputs), pl.config_fingerprint(cfg)
-    manifest = pl._finished(out, fp)
-    if manifest is not None:
-        log.info("%s is already complete for this config and these inputs: nothing to do", out)
-        return pl._result(out, manifest, 0, True)
-    pl._prepare_out(out)
-    work = out / WORK
-    parts_n = read_parts(inputs, cfg, workers)
-    tasks = plan_tasks(inputs, cfg, cfp, work, workers, done_suffix=READ_DONE, parts=parts_n)
-    todo = [t for t in tasks if not t.path(work, READ_DONE).is_file()]
-    todo.sort(key=lambda t: (-t.inp.size, t.key))  # biggest first
     pool = make_pool(workers)
+    for _ in range(workers):  # start the workers (and their imports) while the driver hashes the inputs
+        pool.submit(_ready)
     try:
+        skipped: list[dict[str, str]] = []
+        inputs = probe(cfg, skipped=skipped)
+        pl._log_skipped(skipped)
+        pl._check_not_all_empty(inputs)
+        check_limits(cfg, inputs)
+        fp, cfp = pl.fingerprint(cfg, inputs), pl.config_fingerprint(cfg)
+        manifest = pl._finished(out, fp)
+        if manifest is not None:
+            log.info("%s is already complete for this config and these inputs: nothing to do", out)
+            pool.shutdown(wait=False, cancel_futures=True)
+            return pl._result(out, manifest, 0, True)
+        pl._prepare_out(out)
+        work = out / WORK
+        parts_n = read_parts(inputs, cfg, workers)
+        tasks = plan_tasks(inputs, cfg, cfp, work, workers, done_suffix=READ_DONE, parts=parts_n)
+        todo = [t for t in tasks if not t.path(work, READ_DONE).is_file()]
+        todo.sort(key=lambda t: (-t.inp.size, t.key))  # biggest first
         calls = [(t, cfg, work, RUN_DOCS) for t in todo]
         stages: dict[str, Any] = {"read": run_stage("read", pool, read_task, calls)}
         pl.check_yield(cfg, tasks, work, READ_DONE)
