@@ -81,13 +81,18 @@ def test_local_engine_keeps_what_serial_keeps_byte_for_byte(tmp_path, nsmc_5k, s
 
 
 def test_cluster_stages_then_finish_give_the_same_bytes(tmp_path, nsmc_5k, serial) -> None:
-    cfg = config(tmp_path / "array", nsmc_5k, parts_per_file=2)
+    reviews = tmp_path / nsmc_5k.name  # a copy: changed below
+    reviews.write_bytes(nsmc_5k.read_bytes())
+    cfg = config(tmp_path / "array", reviews, parts_per_file=2)
     ran = {stage: [shard_stage(cfg, stage, i, 2) for i in range(2)] for stage in ("read", "dedup", "write")}
     assert sum(ran["read"]) == 4 * 2 and sum(ran["write"]) == 4
     # The driver finds every task done and only writes quarantine.jsonl and the manifest.
     assert main(["shard", "--engine", "local", "--out", str(cfg.out), "-q", "--recipe",
                  str(_recipe(tmp_path, cfg))]) == 0
     assert digests(cfg.out) == digests(serial)
+    assert shard_stage(cfg, "read", 0, 2) == 0  # complete: nothing to do
+    nsmc_head(reviews, 1_000)  # the same config over a changed file: its read tasks run again
+    assert shard_stage(cfg, "read", 0, 2) + shard_stage(cfg, "read", 1, 2) == 4 * 2  # .work was removed
     with pytest.raises(Exception, match="stage read is not complete"):
         other = config(tmp_path / "half", nsmc_5k)
         shard_stage(other, "dedup", 0, 1)

@@ -723,7 +723,9 @@ def shard_stage(cfg: ShardConfig, stage: str, task: int, num_tasks: int) -> int:
     check_limits(cfg, inputs)
     cfp = pl.config_fingerprint(cfg)
     manifest = read_manifest(out)
-    if manifest and manifest.get("config_fingerprint") == cfp:
+    if (manifest and manifest.get("config_fingerprint") == cfp
+            and [(e["path"], e["bytes"]) for e in manifest.get("inputs", [])]
+            == [(str(i.path), i.size) for i in inputs]):  # the same config over the same files
         log.info("%s is already complete: nothing to do", out)
         return 0
     pl._prepare_out(out)
