@@ -133,7 +133,7 @@ class ShardConfig:
 
     @property
     def near_rule(self) -> NearRule:
-        """Banding and verification bar of near-dedupe (kovocab.corpus.near.near_rule)."""
+        """Banding and verification bar of near-dedupe (kovocab.corpus.near_rule.near_rule)."""
         return near_rule(self.near_threshold, self.minhash_perms, self.near_recall)
 
     def check(self) -> list[str]:
