@@ -156,7 +156,7 @@ def _shard_section(section: dict[str, Any], args: argparse.Namespace) -> dict[st
 
 
 def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
-    from kovocab.corpus.pipeline import shard_corpus, shard_tasks, summary_lines
+    from kovocab.corpus.pipeline import shard_tasks, summary_lines
 
     if args.stage is not None and args.engine != "local":
         raise ConfigError("--stage runs one stage of --engine local: add --engine local")
@@ -186,11 +186,10 @@ def _shard_command(cfg: Any, args: argparse.Namespace) -> Iterable[str]:
         ran = shard_tasks(cfg, args.task, args.num_tasks, workers=args.workers)
         return [f"task {args.task}/{args.num_tasks}: ran {ran} phase-1 task(s) into {cfg.out}/.work",
                 "when every task has finished, run the same command without --task/--num-tasks to merge"]
-    if args.engine == "local" or cfg.keep_index or cfg.dedupe_against:  # the index needs it
-        from kovocab.corpus.engine import shard_local
+    from kovocab.corpus.engine import shard, shard_local
 
-        return summary_lines(shard_local(cfg, workers=args.workers))
-    return summary_lines(shard_corpus(cfg, workers=args.workers))
+    # serial (the default): engine.shard, which takes the local engine for keep_index / dedupe_against
+    return summary_lines((shard_local if args.engine == "local" else shard)(cfg, workers=args.workers))
 
 
 SHARD = Stage(

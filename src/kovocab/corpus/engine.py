@@ -246,7 +246,7 @@ def dedup_task(item: tuple[str, int, int, int], cfg: ShardConfig, parts: list[Pa
     table = _range_table(kind, band, lo, hi, [(work, p) for p in parts])
     sigs = Signatures.of_batch(cfg, parts, work) if kind == "near" else None
     earlier = []
-    for e in load_earlier(cfg):
+    for e in load_earlier(cfg, check_files=False):  # the driver checked them
         old = _range_table(kind, band, lo, hi, [(e.folder, p) for p in e.parts])
         if kind == "exact":
             earlier.append(_in_earlier_exact(table, old))
@@ -722,10 +722,7 @@ def shard_stage(cfg: ShardConfig, stage: str, task: int, num_tasks: int) -> int:
     inputs = probe(cfg, hashes=False)
     check_limits(cfg, inputs)
     cfp = pl.config_fingerprint(cfg)
-    manifest = read_manifest(out)
-    if (manifest and manifest.get("config_fingerprint") == cfp
-            and [(e["path"], e["bytes"]) for e in manifest.get("inputs", [])]
-            == [(str(i.path), i.size) for i in inputs]):  # the same config over the same files
+    if pl.complete_for(out, cfp, inputs):
         log.info("%s is already complete: nothing to do", out)
         return 0
     pl._prepare_out(out)

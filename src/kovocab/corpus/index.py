@@ -80,8 +80,9 @@ def index_folder(path: Path) -> Path:
                      "`keep_index: true` (--keep-index) first, then give its output folder")
 
 
-def load_earlier(cfg: Any) -> list[Earlier]:
-    """Every index of cfg.dedupe_against, checked against this config's settings."""
+def load_earlier(cfg: Any, check_files: bool = True) -> list[Earlier]:
+    """Every index of cfg.dedupe_against, checked against this config's settings and (with
+    check_files; the dedup tasks skip it) for every file the index lists."""
     out = Path(cfg.out).resolve()
     mine = settings(cfg)
     result = []
@@ -105,7 +106,8 @@ def load_earlier(cfg: Any) -> list[Earlier]:
             raise InputError(f"dedupe_against: {folder} was built with other settings ({detail}); use the "
                              "same values as that run (its config.yaml) or rebuild its index")
         parts = tuple(IndexPart(**p) for p in meta["parts"])
-        missing = [p.key for p in parts for s in suffixes(cfg, p.runs) if not p.path(folder, s).is_file()]
+        missing = [p.key for p in parts for s in suffixes(cfg, p.runs)
+                   if check_files and not p.path(folder, s).is_file()]
         if missing:
             raise InputError(f"dedupe_against: {folder} is missing files of {len(missing)} part(s), e.g. "
                              f"{missing[0]}; copy the whole {INDEX} folder")

@@ -80,10 +80,9 @@ def check_stages_done(cfg: ShardConfig, logs: Path) -> None:
     from kovocab.corpus import pipeline as pl
 
     out, cfp = Path(cfg.out), pl.config_fingerprint(cfg)
-    manifest = read_manifest(out)
-    if manifest and manifest.get("config_fingerprint") == cfp:
-        return
     inputs, work = probe(cfg, hashes=False), out / WORK
+    if pl.complete_for(out, cfp, inputs):
+        return
     for stage in ("read", "dedup", "write"):
         try:  # the dedup stage's plan needs every read task done: it raises otherwise
             left = len(stage_calls("dedup" if stage == "read" else stage, cfg, work, out, cfp, inputs)[1])
@@ -107,13 +106,12 @@ def logging_folder(cfg: ShardConfig, tasks: int, logging_dir: str | Path | None 
 
 def forget_stale_completions(cfg: ShardConfig, logs: Path) -> None:
     """datatrove skips a rank whose completion file exists; ours trust `out/.work`. When `out`
-    holds no read task of this config and no finished manifest of it (a new or removed
-    folder), earlier completion files describe files that are gone: remove them."""
+    holds no read task of this config and no finished run of it over these files (a new or
+    removed folder, changed inputs), earlier completion files describe other files: remove them."""
     from kovocab.corpus import pipeline as pl
 
     out, cfp = Path(cfg.out), pl.config_fingerprint(cfg)
-    manifest = read_manifest(out)
-    if manifest and manifest.get("config_fingerprint") == cfp:
+    if pl.complete_for(out, cfp, probe(cfg, hashes=False)):
         return
     if (out / WORK).is_dir() and finished_parts(out / WORK, cfp):
         return

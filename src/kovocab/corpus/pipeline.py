@@ -84,6 +84,15 @@ def fingerprint(cfg: ShardConfig, inputs: list[InputFile]) -> str:
     return hashlib.sha256(json.dumps(body).encode("utf-8")).hexdigest()
 
 
+def complete_for(out: Path, cfp: str, inputs: list[InputFile]) -> bool:
+    """Does `out` hold a finished run of this config over these input files (path and size;
+    nothing is hashed, so array tasks can ask cheaply)?"""
+    manifest = read_manifest(out)
+    return bool(manifest and manifest.get("config_fingerprint") == cfp
+                and [(e["path"], e["bytes"]) for e in manifest.get("inputs", [])]
+                == [(str(i.path), i.size) for i in inputs])
+
+
 def _check_not_all_empty(inputs: list[InputFile]) -> None:
     empty = [str(i.path) for i in inputs if i.empty]
     if empty and len(empty) == len(inputs):
@@ -293,13 +302,7 @@ def shard_tasks(
     # and a large corpus, hashing everything everywhere would cost more than the work.
     inputs = probe(cfg, hashes=False)
     cfp = config_fingerprint(cfg)
-    manifest = read_manifest(out)
-    if (
-        manifest
-        and manifest.get("config_fingerprint") == cfp
-        and [(e["path"], e["bytes"]) for e in manifest.get("inputs", [])]
-        == [(str(i.path), i.size) for i in inputs]
-    ):
+    if complete_for(out, cfp, inputs):
         log.info("%s is already complete: nothing to do", out)
         return 0
     _prepare_out(out)
